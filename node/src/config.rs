@@ -1,0 +1,307 @@
+//! Node configuration: the YAML file, its defaults, and validation.
+//!
+//! Every key is documented on [`NodeConfig`] and in `docs/operations.md`.
+//! Unknown keys are rejected (serde `deny_unknown_fields`), and every value is
+//! checked by [`NodeConfig::validate`], whose errors name the offending key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use libp2p::Multiaddr;
+use merkle::{ChunkerConfig, ed25519_dalek::VerifyingKey};
+use serde::Deserialize;
+
+/// A configuration problem, always naming the key and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The YAML did not parse, or held an unknown key or a value of the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// serde's message, which names the key and its line.
+        message: String,
+    },
+    /// A key had a value of the right type but an invalid content.
+    #[error("invalid value for `{key}`: {message}")]
+    Value {
+        /// The dotted key, e.g. `trusted_publishers[1]`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+fn value_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The daemon's configuration (`syncnode run --config node.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Where chunks, manifests and materialized versions live. Default `./syncnode-data`.
+    pub data_dir: PathBuf,
+    /// libp2p listen addresses. Default `["/ip4/0.0.0.0/tcp/7411"]`.
+    pub listen: Vec<String>,
+    /// Peers dialled at start and re-dialled while disconnected, as multiaddrs
+    /// (`/ip4/10.0.0.5/tcp/7411`, optionally ending in `/p2p/<peer id>`).
+    pub bootstrap: Vec<String>,
+    /// Channels this node follows. Default `["default"]`.
+    pub channels: Vec<String>,
+    /// Hex-encoded ed25519 public keys whose signed roots are accepted. Required for `run`.
+    pub trusted_publishers: Vec<String>,
+    /// Address of the Prometheus `/metrics` and `/healthz` endpoint; `null` disables it.
+    /// Default `127.0.0.1:9464`.
+    pub metrics_listen: Option<String>,
+    /// Path of the control socket. Default `<data_dir>/.syncnode/control.sock`.
+    pub control_socket: Option<PathBuf>,
+    /// Chunk requests outstanding at once, over all peers. Default 64.
+    pub max_in_flight: usize,
+    /// Chunk requests outstanding at once to one peer. Default 16.
+    pub max_in_flight_per_peer: usize,
+    /// Seconds before an unanswered chunk request is retried elsewhere. Default 10.
+    pub request_timeout_secs: u64,
+    /// Most peers kept connected; peers learned through exchange beyond this are not dialled. Default 64.
+    pub max_peers: usize,
+    /// fsync every chunk before it becomes visible. Default true; turn off only for throwaway tests.
+    pub fsync: bool,
+    /// Node labels (region, zone, rack, host); used for topology-aware selection by later versions.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Chunker parameters used by `seed` (min/avg/max bytes).
+    pub chunker: ChunkerConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("syncnode-data"),
+            listen: vec!["/ip4/0.0.0.0/tcp/7411".into()],
+            bootstrap: Vec::new(),
+            channels: vec!["default".into()],
+            trusted_publishers: Vec::new(),
+            metrics_listen: Some("127.0.0.1:9464".into()),
+            control_socket: None,
+            max_in_flight: 64,
+            max_in_flight_per_peer: 16,
+            request_timeout_secs: 10,
+            max_peers: 64,
+            fsync: true,
+            labels: Default::default(),
+            chunker: ChunkerConfig::default(),
+        }
+    }
+}
+
+/// The configuration after validation, with parsed values.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The raw config.
+    pub raw: NodeConfig,
+    /// Parsed listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Parsed bootstrap addresses.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Parsed trusted keys.
+    pub trusted: Vec<VerifyingKey>,
+    /// Parsed metrics address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The control socket path.
+    pub control_socket: PathBuf,
+}
+
+impl NodeConfig {
+    /// Reads and parses a YAML file; does not validate.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses YAML text (an empty document gives the defaults).
+    pub fn parse(path: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(NodeConfig::default());
+        }
+        serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(self, need_trust: bool) -> Result<Validated, ConfigError> {
+        let listen = parse_addrs("listen", &self.listen)?;
+        let bootstrap = parse_addrs("bootstrap", &self.bootstrap)?;
+        if self.channels.is_empty() {
+            return Err(value_err("channels", "list at least one channel to follow"));
+        }
+        for (i, c) in self.channels.iter().enumerate() {
+            merkle::validate_name("channel", c)
+                .map_err(|e| value_err(format!("channels[{i}]"), e.to_string()))?;
+        }
+        let trusted = self
+            .trusted_publishers
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                parse_public_key(k).map_err(|m| value_err(format!("trusted_publishers[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if need_trust && trusted.is_empty() {
+            return Err(value_err(
+                "trusted_publishers",
+                "no publisher key is trusted, so no version would ever be accepted; add the \
+                 hex public key printed by `syncnode keygen`",
+            ));
+        }
+        let metrics_listen = match &self.metrics_listen {
+            None => None,
+            Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| {
+                value_err(
+                    "metrics_listen",
+                    format!("`{s}` is not a socket address like 127.0.0.1:9464 ({e})"),
+                )
+            })?),
+        };
+        for (key, v) in [
+            ("max_in_flight", self.max_in_flight),
+            ("max_in_flight_per_peer", self.max_in_flight_per_peer),
+            ("max_peers", self.max_peers),
+        ] {
+            if v == 0 || v > 100_000 {
+                return Err(value_err(key, format!("{v} is out of range 1..=100000")));
+            }
+        }
+        if self.request_timeout_secs == 0 || self.request_timeout_secs > 3600 {
+            return Err(value_err(
+                "request_timeout_secs",
+                format!("{} is out of range 1..=3600", self.request_timeout_secs),
+            ));
+        }
+        self.chunker
+            .validate()
+            .map_err(|e| value_err("chunker", e.to_string()))?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(value_err("data_dir", "must not be empty"));
+        }
+        let control_socket = self
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(".syncnode").join("control.sock"));
+        Ok(Validated {
+            raw: self,
+            listen,
+            bootstrap,
+            trusted,
+            metrics_listen,
+            control_socket,
+        })
+    }
+}
+
+fn parse_addrs(key: &str, list: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<Multiaddr>().map_err(|e| {
+                value_err(
+                    format!("{key}[{i}]"),
+                    format!("`{s}` is not a multiaddr like /ip4/127.0.0.1/tcp/7411 ({e})"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Parses a 64-hex-digit ed25519 public key.
+pub fn parse_public_key(s: &str) -> Result<VerifyingKey, String> {
+    let bytes = hex::decode(s.trim())
+        .map_err(|e| format!("`{s}` is not hex ({e}); expected 64 hex digits"))?;
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("key has {} bytes, expected 32 (64 hex digits)", b.len()))?;
+    VerifyingKey::from_bytes(&arr).map_err(|e| format!("not a valid ed25519 public key: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+    fn parse(text: &str) -> Result<Validated, ConfigError> {
+        NodeConfig::parse(Path::new("t.yaml"), text)?.validate(true)
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let v = parse(&format!(
+            "data_dir: /tmp/x\nlisten: [/ip4/127.0.0.1/tcp/0]\nbootstrap: [/ip4/127.0.0.1/tcp/9]\n\
+             channels: [llama]\ntrusted_publishers: [{KEY}]\nmetrics_listen: null\n\
+             labels: {{rack: r1}}\nchunker: {{min_size: 4096, avg_size: 16384, max_size: 65536}}\n"
+        ))
+        .unwrap();
+        assert_eq!(v.bootstrap.len(), 1);
+        assert_eq!(v.trusted.len(), 1);
+        assert!(v.metrics_listen.is_none());
+        assert_eq!(v.raw.chunker.avg_size, 16384);
+        assert_eq!(
+            v.control_socket,
+            PathBuf::from("/tmp/x/.syncnode/control.sock")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse(&format!("trusted_publishers: [{KEY}]\nlisten_addr: x\n")).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("listen_addr"), "{m}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("trusted_publishers: [abc]\n", "trusted_publishers[0]"),
+            (
+                &format!("trusted_publishers: [{KEY}]\nbootstrap: [nonsense]\n"),
+                "bootstrap[0]",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\nmetrics_listen: 'x:y'\n"),
+                "metrics_listen",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\nchannels: ['../x']\n"),
+                "channels[0]",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\nmax_in_flight: 0\n"),
+                "max_in_flight",
+            ),
+            ("channels: [a]\n", "trusted_publishers"),
+            (
+                &format!("trusted_publishers: [{KEY}]\nmax_peers: many\n"),
+                "max_peers",
+            ),
+        ];
+        for (text, key) in cases {
+            let m = parse(text).unwrap_err().to_string();
+            assert!(m.contains(key), "error for {text:?} should name {key}: {m}");
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! `node` owns everything in syncnode that touches the outside world: the
+//! `syncnode` binary and daemon (tokio), libp2p networking (TCP + noise +
+//! yamux, gossipsub for signed roots, request-response for manifests and
+//! chunks), the on-disk content-addressed chunk store, materialization of
+//! versions, configuration, logs, Prometheus metrics and the local control
+//! socket.
+//!
+//! The content model (chunking, hashes, manifests, signatures) lives in
+//! `merkle`; the fetch scheduling policy lives in `swarm` as a sans-IO state
+//! machine that the [`daemon`] drives.
+//!
+//! Module map:
+//! - [`config`]: the YAML config, defaults and validation;
+//! - [`store`]: the crash-safe chunk store;
+//! - [`materialize`]: files rebuilt from chunks, `current` switched atomically;
+//! - [`publish`]: a source folder scanned into a manifest, chunks served from it;
+//! - [`wire`]: the request-response codec and gossip messages;
+//! - [`daemon`]: the event loop for `run` and `seed`;
+//! - [`control`], [`metrics`]: local control socket, `/metrics` and `/healthz`;
+//! - [`cluster`], [`checkpoint`]: process orchestration and generated
+//!   checkpoints, shared by `syncnode demo` and the integration tests.
+
+pub mod checkpoint;
+pub mod cluster;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod materialize;
+pub mod metrics;
+pub mod publish;
+pub mod store;
+pub mod wire;

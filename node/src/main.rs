@@ -1,0 +1,340 @@
+//! The `syncnode` command: daemon, publisher, status, key generation and demo.
+
+mod demo;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use node::config::{NodeConfig, Validated};
+use node::daemon::{Daemon, SeedSpec};
+
+const EXAMPLES: &str = "\
+Examples:
+  # See it work: a publisher and three nodes on loopback, v1 then a delta v2
+  syncnode demo
+
+  # Create a publisher key (prints the public key to put in trusted_publishers)
+  syncnode keygen --out publisher.key
+
+  # Run a node daemon
+  syncnode run --config /etc/syncnode/node.yaml
+
+  # Publish a checkpoint folder as a new version and serve it until 8 nodes have it
+  syncnode seed /ckpt/step-12000 --channel llama-70b --version step-12000 \\
+      --key publisher.key --listen /ip4/0.0.0.0/tcp/7412 --until-complete 8
+
+  # Ask a running daemon what it holds
+  syncnode status --config /etc/syncnode/node.yaml";
+
+#[derive(Parser, Debug)]
+#[command(name = "syncnode", version, about = "Distribute model checkpoints to every node of a cluster, verified, incrementally, peer to peer.", after_help = EXAMPLES)]
+struct Cli {
+    /// Log format: `auto` (human-readable on a terminal, JSON lines otherwise), `human` or `json`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+    /// Log level or filter (`info`, `debug`, `node=debug,libp2p=info`, ...). RUST_LOG also works.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Human,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct NetArgs {
+    /// YAML config file (see docs/operations.md); flags below override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data folder (overrides `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen multiaddr, repeatable (overrides `listen`).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Bootstrap peer multiaddr, repeatable (added to `bootstrap`).
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// Metrics address, or `none` to disable (overrides `metrics_listen`).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the node daemon: follow channels, fetch and verify new versions, serve peers.
+    #[command(after_help = "Example:\n  syncnode run --config node.yaml --log-format json")]
+    Run {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Channel to follow, repeatable (overrides `channels`).
+        #[arg(long)]
+        channel: Vec<String>,
+        /// Trusted publisher public key (hex), repeatable (added to `trusted_publishers`).
+        #[arg(long)]
+        trust: Vec<String>,
+    },
+    /// Publish a folder as a new version of a channel and serve its chunks.
+    #[command(after_help = "Example:\n  syncnode seed ./ckpt --channel llama --version step-100 --key publisher.key --until-complete 3")]
+    Seed {
+        /// The folder to publish.
+        dir: PathBuf,
+        /// Channel name.
+        #[arg(long)]
+        channel: String,
+        /// Version name (default: UTC time, e.g. v20261124T051500Z).
+        #[arg(long)]
+        version: Option<String>,
+        /// Publisher secret key file (from `syncnode keygen`).
+        #[arg(long, default_value = "publisher.key")]
+        key: PathBuf,
+        /// Exit once this many peers report the version complete.
+        #[arg(long)]
+        until_complete: Option<usize>,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Show what a running daemon holds: versions, progress, peers.
+    #[command(after_help = "Example:\n  syncnode status --data-dir /var/lib/syncnode")]
+    Status {
+        /// Config file of the daemon (to find its socket).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data folder of the daemon.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Control socket path.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a publisher key pair; prints the public key for `trusted_publishers`.
+    #[command(after_help = "Example:\n  syncnode keygen --out publisher.key")]
+    Keygen {
+        /// Where to write the secret key (created with mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the built-in example: a generated checkpoint, a publisher and nodes on loopback.
+    #[command(after_help = "Example:\n  syncnode demo --nodes 3 --size-mib 64")]
+    Demo(demo::DemoArgs),
+}
+
+fn init_logs(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.is_empty() => EnvFilter::try_new(f),
+        _ => EnvFilter::try_new(level),
+    }
+    .with_context(|| format!("invalid --log-level `{level}`"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let tty = std::io::stderr().is_terminal();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Auto if !tty => builder.json().init(),
+        LogFormat::Human | LogFormat::Auto => builder.with_ansi(tty).init(),
+    }
+    Ok(())
+}
+
+fn load_config(net: &NetArgs) -> anyhow::Result<NodeConfig> {
+    let mut cfg = match &net.config {
+        Some(p) => NodeConfig::load(p)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(d) = &net.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if !net.listen.is_empty() {
+        cfg.listen = net.listen.clone();
+    }
+    cfg.bootstrap.extend(net.bootstrap.iter().cloned());
+    if let Some(m) = &net.metrics_listen {
+        cfg.metrics_listen = (m != "none").then(|| m.clone());
+    }
+    Ok(cfg)
+}
+
+fn default_version() -> String {
+    let secs = node::daemon::unix_now();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant), UTC.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "v{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(cli.log_format, &cli.log_level)?;
+    match cli.cmd {
+        Cmd::Run {
+            net,
+            channel,
+            trust,
+        } => {
+            let mut cfg = load_config(&net)?;
+            if !channel.is_empty() {
+                cfg.channels = channel;
+            }
+            cfg.trusted_publishers.extend(trust);
+            let cfg = cfg.validate(true)?;
+            runtime()?.block_on(async {
+                Daemon::start(cfg, None).await?.run().await
+            })
+        }
+        Cmd::Seed {
+            dir,
+            channel,
+            version,
+            key,
+            until_complete,
+            net,
+        } => {
+            let mut cfg = load_config(&net)?;
+            if net.config.is_none() && net.data_dir.is_none() {
+                cfg.data_dir = PathBuf::from("syncnode-seed-data");
+            }
+            cfg.channels = vec![channel.clone()];
+            let cfg = cfg.validate(false)?;
+            let key = node::cluster::read_key(&key)?;
+            let version = version.unwrap_or_else(default_version);
+            seed(cfg, &dir, &channel, &version, key, until_complete)
+        }
+        Cmd::Status {
+            config,
+            data_dir,
+            socket,
+            json,
+        } => {
+            let path = match (socket, data_dir, config) {
+                (Some(s), _, _) => s,
+                (None, Some(d), _) => d.join(".syncnode/control.sock"),
+                (None, None, Some(c)) => NodeConfig::load(&c)?.validate(false)?.control_socket,
+                (None, None, None) => NodeConfig::default().validate(false)?.control_socket,
+            };
+            let s = node::control::query_blocking(&path, std::time::Duration::from_secs(10))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_status(&s);
+            }
+            Ok(())
+        }
+        Cmd::Keygen { out } => {
+            let public = node::cluster::keygen(&out)?;
+            println!("{public}");
+            eprintln!(
+                "secret key written to {} (mode 0600); add the public key above to \
+                 trusted_publishers on every node",
+                out.display()
+            );
+            Ok(())
+        }
+        Cmd::Demo(args) => demo::run(args),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn seed(
+    cfg: Validated,
+    dir: &std::path::Path,
+    channel: &str,
+    version: &str,
+    key: merkle::ed25519_dalek::SigningKey,
+    until_complete: Option<usize>,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let created = node::daemon::unix_now();
+    let (manifest, source) =
+        node::publish::scan(dir, channel, version, created, cfg.raw.chunker)
+            .with_context(|| format!("cannot publish {}", dir.display()))?;
+    let root = manifest.root();
+    let signed = merkle::SignedRoot::sign(&key, channel, version, root, created);
+    tracing::info!(
+        %channel,
+        %version,
+        %root,
+        files = manifest.files.len(),
+        bytes = manifest.total_size(),
+        chunks = manifest.unique_chunks().len(),
+        scan_ms = started.elapsed().as_millis() as u64,
+        publisher = %hex::encode(signed.publisher),
+        "version built and signed"
+    );
+    if until_complete == Some(0) {
+        bail!("--until-complete must be at least 1");
+    }
+    let spec = SeedSpec {
+        manifest: std::sync::Arc::new(manifest),
+        signed,
+        source: std::sync::Arc::new(source),
+        until_complete,
+    };
+    runtime()?.block_on(async { Daemon::start(cfg, Some(spec)).await?.run().await })
+}
+
+fn print_status(s: &node::control::Status) {
+    println!("{} {}  listening on {}", s.role, s.peer_id, s.listen_addrs.join(", "));
+    if let Some(m) = &s.metrics_addr {
+        println!("metrics: http://{m}/metrics");
+    }
+    println!("peers: {}", s.peers.len());
+    for p in &s.peers {
+        println!("  {} {}", p.id, p.addrs.join(" "));
+    }
+    for c in &s.channels {
+        println!(
+            "channel {}: current = {}",
+            c.channel,
+            c.current.as_deref().unwrap_or("(none)")
+        );
+        if let Some(v) = &c.latest {
+            println!(
+                "  latest {} [{}] {}/{} chunks, {}/{} bytes, fetched {} reused {}, {} ms, {} peers complete{}",
+                v.version,
+                v.state,
+                v.chunks_done,
+                v.chunks_total,
+                v.bytes_done,
+                v.bytes_total,
+                v.bytes_fetched,
+                v.bytes_reused,
+                v.elapsed_ms,
+                v.complete_peers,
+                v.error
+                    .as_ref()
+                    .map(|e| format!(", error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}

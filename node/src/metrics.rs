@@ -1,0 +1,192 @@
+//! Prometheus metrics (`/metrics`, text format 0.0.4) and `/healthz`.
+//!
+//! The counters are plain atomics shared by the daemon's tasks; the HTTP side
+//! is a minimal HTTP/1.1 responder on a tokio listener (two fixed paths, one
+//! request per connection), which avoids pulling an HTTP stack into the daemon.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The daemon's counters and gauges.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Chunk bytes received from peers and verified.
+    pub bytes_fetched: AtomicU64,
+    /// Chunk bytes of new versions already held locally (not fetched).
+    pub bytes_reused: AtomicU64,
+    /// Chunk bytes sent to peers.
+    pub bytes_served: AtomicU64,
+    /// Chunks that passed BLAKE3 verification.
+    pub chunks_verified: AtomicU64,
+    /// Chunks that failed verification (corrupt or wrong data from a peer).
+    pub chunks_rejected: AtomicU64,
+    /// Chunk requests answered.
+    pub chunks_served: AtomicU64,
+    /// Versions fully materialized (or published, on a seed).
+    pub versions_complete: AtomicU64,
+    /// Roots refused (bad signature or untrusted publisher).
+    pub roots_rejected: AtomicU64,
+    /// Connected peers (gauge).
+    pub peers: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds `v` to a counter.
+    pub fn add(c: &AtomicU64, v: u64) {
+        c.fetch_add(v, Relaxed);
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+            (
+                "syncnode_bytes_fetched_total",
+                "counter",
+                "Chunk bytes received from peers and verified.",
+                &self.bytes_fetched,
+            ),
+            (
+                "syncnode_bytes_reused_total",
+                "counter",
+                "Chunk bytes of new versions already held locally.",
+                &self.bytes_reused,
+            ),
+            (
+                "syncnode_bytes_served_total",
+                "counter",
+                "Chunk bytes sent to peers.",
+                &self.bytes_served,
+            ),
+            (
+                "syncnode_chunks_verified_total",
+                "counter",
+                "Chunks that passed BLAKE3 verification.",
+                &self.chunks_verified,
+            ),
+            (
+                "syncnode_chunks_rejected_total",
+                "counter",
+                "Chunks that failed verification.",
+                &self.chunks_rejected,
+            ),
+            (
+                "syncnode_chunks_served_total",
+                "counter",
+                "Chunk requests answered with data.",
+                &self.chunks_served,
+            ),
+            (
+                "syncnode_versions_complete_total",
+                "counter",
+                "Versions fully materialized or published.",
+                &self.versions_complete,
+            ),
+            (
+                "syncnode_roots_rejected_total",
+                "counter",
+                "Signed roots refused (bad signature or untrusted key).",
+                &self.roots_rejected,
+            ),
+            (
+                "syncnode_peers",
+                "gauge",
+                "Connected peers.",
+                &self.peers,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// Binds the metrics endpoint; returns the bound address (port 0 picks one).
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                let mut n = 0;
+                // Read until the end of the request line (bounded).
+                while n < buf.len() {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        sock.read(&mut buf[n..]),
+                    )
+                    .await
+                    {
+                        Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                        Ok(Ok(k)) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("");
+                let (status, ctype, body) = match path {
+                    "/metrics" => (
+                        "200 OK",
+                        "text/plain; version=0.0.4",
+                        metrics.render(),
+                    ),
+                    "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+                    _ => (
+                        "404 Not Found",
+                        "text/plain",
+                        "try /metrics or /healthz\n".to_owned(),
+                    ),
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_metrics_and_health() {
+        let m = Arc::new(Metrics::default());
+        Metrics::add(&m.bytes_fetched, 42);
+        let addr = serve("127.0.0.1:0".parse().unwrap(), m).await.unwrap();
+        for (path, want) in [
+            ("/metrics", "syncnode_bytes_fetched_total 42"),
+            ("/healthz", "ok"),
+            ("/nope", "404"),
+        ] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            assert!(out.contains(want), "{path}: {out}");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Publishing: turning a source folder into a manifest, and serving its chunks
+//! straight from the source files (no copy into the chunk store).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use merkle::{ChunkerConfig, FileChunker, FileEntry, Hash, Manifest};
+
+/// Errors while reading a source folder.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// A source file or folder could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A name that cannot go into a manifest.
+    #[error("cannot publish {path}: {reason}")]
+    BadPath {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The manifest failed validation.
+    #[error("invalid manifest: {0}")]
+    Manifest(#[from] merkle::ManifestError),
+}
+
+/// Where each chunk of a published version lives in the source files.
+#[derive(Debug, Default)]
+pub struct SourceIndex {
+    files: Vec<PathBuf>,
+    chunks: HashMap<Hash, (usize, u64, u32)>,
+}
+
+impl SourceIndex {
+    /// Whether the chunk is in the source.
+    pub fn contains(&self, hash: &Hash) -> bool {
+        self.chunks.contains_key(hash)
+    }
+
+    /// Reads a chunk from its source file and re-verifies it (the file may have
+    /// changed since it was scanned). `Ok(None)` if not part of the source.
+    pub fn read(&self, hash: &Hash) -> Result<Option<Vec<u8>>, PublishError> {
+        let Some(&(file, offset, len)) = self.chunks.get(hash) else {
+            return Ok(None);
+        };
+        let path = &self.files[file];
+        let mut buf = vec![0u8; len as usize];
+        fs::File::open(path)
+            .and_then(|f| f.read_exact_at(&mut buf, offset))
+            .map_err(|source| PublishError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        if Hash::of(&buf) != *hash {
+            return Err(PublishError::BadPath {
+                path: path.clone(),
+                reason: format!(
+                    "the file changed after it was published (chunk {hash} at offset {offset} \
+                     no longer matches); publish a new version instead of editing in place"
+                ),
+            });
+        }
+        Ok(Some(buf))
+    }
+}
+
+/// Lists the regular files under `root` (following symlinks to files), sorted by relative path.
+fn list_files(root: &Path) -> Result<Vec<(String, PathBuf)>, PublishError> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = fs::read_dir(&dir).map_err(|source| PublishError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| PublishError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let path = entry.path();
+            let ft = entry.file_type().map_err(|source| PublishError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if ft.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let meta = fs::metadata(&path).map_err(|source| PublishError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if ft.is_symlink() && meta.is_dir() {
+                tracing::warn!(path = %path.display(), "skipping symlink to a folder");
+                continue;
+            }
+            if !meta.is_file() {
+                tracing::warn!(path = %path.display(), "skipping special file");
+                continue;
+            }
+            let rel = path.strip_prefix(root).expect("walked under root");
+            let rel_str = rel.to_str().ok_or_else(|| PublishError::BadPath {
+                path: path.clone(),
+                reason: "the name is not valid UTF-8".into(),
+            })?;
+            out.push((rel_str.to_owned(), path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn chunk_file(path: &Path, cfg: ChunkerConfig) -> Result<merkle::ChunkedFile, PublishError> {
+    let err = |source| PublishError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = fs::File::open(path).map_err(err)?;
+    let mut fc = FileChunker::new(cfg).expect("chunker config validated by caller");
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(err)?;
+        if n == 0 {
+            break;
+        }
+        fc.update(&buf[..n]);
+    }
+    Ok(fc.finish())
+}
+
+/// Chunks every file under `root` (in parallel across files) and builds the manifest.
+pub fn scan(
+    root: &Path,
+    channel: &str,
+    version: &str,
+    created_unix: u64,
+    cfg: ChunkerConfig,
+) -> Result<(Manifest, SourceIndex), PublishError> {
+    merkle::validate_name("channel", channel)?;
+    merkle::validate_name("version", version)?;
+    cfg.validate()
+        .map_err(|e| PublishError::Manifest(merkle::ManifestError::from(e)))?;
+    let meta = fs::metadata(root).map_err(|source| PublishError::Io {
+        path: root.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(PublishError::BadPath {
+            path: root.to_owned(),
+            reason: "not a folder; seed takes the folder that holds the checkpoint".into(),
+        });
+    }
+    let files = list_files(root)?;
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut results: Vec<Option<Result<merkle::ChunkedFile, PublishError>>> =
+        (0..files.len()).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.min(files.len().max(1)))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= files.len() {
+                            break done;
+                        }
+                        done.push((i, chunk_file(&files[i].1, cfg)));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, r) in h.join().expect("chunking thread panicked") {
+                results[i] = Some(r);
+            }
+        }
+    });
+    let mut index = SourceIndex::default();
+    let mut entries = Vec::with_capacity(files.len());
+    for ((rel, path), chunked) in files.into_iter().zip(results) {
+        let chunked = chunked.expect("every file chunked")?;
+        let mode = fs::metadata(&path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0o644);
+        let file_idx = index.files.len();
+        let mut offset = 0u64;
+        for c in &chunked.chunks {
+            index
+                .chunks
+                .entry(c.hash)
+                .or_insert((file_idx, offset, c.len));
+            offset += u64::from(c.len);
+        }
+        index.files.push(path);
+        entries.push(FileEntry {
+            path: rel,
+            mode,
+            size: chunked.size,
+            sha256: chunked.sha256,
+            chunks: chunked.chunks,
+        });
+    }
+    let manifest = Manifest {
+        channel: channel.to_owned(),
+        version: version.to_owned(),
+        created_unix,
+        chunker: cfg,
+        files: entries,
+    };
+    manifest.validate()?;
+    Ok((manifest, index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_builds_a_valid_manifest_and_serves_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("sub")).unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(dir.path().join("sub/model.bin"), &big).unwrap();
+        fs::write(dir.path().join("config.json"), b"{}").unwrap();
+        let cfg = ChunkerConfig {
+            min_size: 1024,
+            avg_size: 4096,
+            max_size: 16384,
+        };
+        let (m, idx) = scan(dir.path(), "c", "v1", 0, cfg).unwrap();
+        assert_eq!(
+            m.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            ["config.json", "sub/model.bin"]
+        );
+        assert_eq!(m.total_size(), 300_002);
+        let first = m.files[1].chunks[0];
+        assert_eq!(
+            idx.read(&first.hash).unwrap().unwrap(),
+            &big[..first.len as usize]
+        );
+        // Editing the source in place is detected when serving.
+        fs::write(dir.path().join("sub/model.bin"), vec![0u8; 300_000]).unwrap();
+        assert!(idx.read(&first.hash).is_err());
+    }
+
+    #[test]
+    fn scan_of_missing_folder_names_it() {
+        let e = scan(
+            Path::new("/nonexistent/ckpt"),
+            "c",
+            "v1",
+            0,
+            ChunkerConfig::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ckpt"), "{e}");
+    }
+}

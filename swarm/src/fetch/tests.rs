@@ -1,0 +1,520 @@
+use std::time::{Duration, Instant};
+
+use super::*;
+
+type F = Fetch<&'static str>;
+
+fn drain(f: &mut F, now: Instant) -> Vec<Action<&'static str>> {
+    let mut out = Vec::new();
+    while let Some(a) = f.poll_action(now) {
+        out.push(a);
+        f.check_invariants();
+    }
+    out
+}
+
+fn requests(actions: &[Action<&'static str>]) -> Vec<(&'static str, ChunkIdx)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Request { peer, chunk } => Some((*peer, *chunk)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn connect(f: &mut F, now: Instant, peer: &'static str, all: bool) {
+    f.handle(
+        now,
+        Input::PeerConnected {
+            peer,
+            origin: false,
+        },
+    );
+    if all {
+        f.handle(now, Input::PeerHasAll { peer });
+    }
+}
+
+fn fetch(n: usize) -> F {
+    Fetch::new(FetchConfig::default(), vec![100; n], 1)
+}
+
+#[test]
+fn empty_fetch_is_complete_at_once() {
+    let now = Instant::now();
+    let mut f = fetch(0);
+    assert!(f.is_complete());
+    assert_eq!(drain(&mut f, now), vec![Action::Complete]);
+    connect(&mut f, now, "a", true);
+    assert_eq!(drain(&mut f, now), vec![]);
+    assert_eq!(f.poll_timeout(), None);
+    f.check_invariants();
+}
+
+#[test]
+fn already_have_everything_completes_once_without_requests() {
+    let now = Instant::now();
+    let mut f = fetch(3);
+    connect(&mut f, now, "a", true);
+    f.handle(
+        now,
+        Input::AlreadyHave {
+            chunks: vec![ChunkIdx(0), ChunkIdx(1), ChunkIdx(2)],
+        },
+    );
+    assert_eq!(drain(&mut f, now), vec![Action::Complete]);
+    f.handle(
+        now,
+        Input::AlreadyHave {
+            chunks: vec![ChunkIdx(1)],
+        },
+    );
+    f.handle(
+        now,
+        Input::Verified {
+            peer: "a",
+            chunk: ChunkIdx(2),
+        },
+    );
+    assert_eq!(drain(&mut f, now), vec![]);
+    let p = f.progress();
+    assert_eq!(
+        (p.chunks_done, p.chunks_total, p.bytes_done, p.bytes_total),
+        (3, 3, 300, 300)
+    );
+}
+
+#[test]
+fn caps_hold_and_completion_is_reported_once() {
+    let now = Instant::now();
+    let cfg = FetchConfig {
+        max_in_flight_per_peer: 3,
+        max_in_flight_total: 5,
+        ..Default::default()
+    };
+    let mut f = Fetch::new(cfg, vec![1; 20], 5);
+    connect(&mut f, now, "a", true);
+    connect(&mut f, now, "b", true);
+    let reqs = requests(&drain(&mut f, now));
+    assert_eq!(reqs.len(), 5);
+    assert!(f.in_flight_to(&"a") <= 3 && f.in_flight_to(&"b") <= 3);
+    let mut pending = reqs;
+    let mut completes = 0;
+    while let Some((peer, chunk)) = pending.pop() {
+        f.handle(now, Input::Verified { peer, chunk });
+        f.handle(now, Input::Verified { peer, chunk }); // duplicate: ignored
+        for a in drain(&mut f, now) {
+            match a {
+                Action::Request { peer, chunk } => pending.push((peer, chunk)),
+                Action::Complete => completes += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(f.progress().in_flight <= 5);
+    }
+    assert_eq!(completes, 1);
+    assert!(f.is_complete());
+}
+
+#[test]
+fn known_holders_first_then_unknown_then_origin() {
+    let now = Instant::now();
+    let cfg = FetchConfig {
+        max_in_flight_per_peer: 2,
+        ..Default::default()
+    };
+    let mut f = Fetch::new(cfg, vec![1; 10], 3);
+    f.handle(
+        now,
+        Input::PeerConnected {
+            peer: "origin",
+            origin: true,
+        },
+    );
+    connect(&mut f, now, "unknown", false);
+    connect(&mut f, now, "holder", true);
+    let reqs = requests(&drain(&mut f, now));
+    let peers: Vec<_> = reqs.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        peers,
+        ["holder", "holder", "unknown", "unknown", "origin", "origin"]
+    );
+}
+
+#[test]
+fn origin_is_a_holder_when_origin_last_is_off() {
+    let now = Instant::now();
+    let cfg = FetchConfig {
+        max_in_flight_per_peer: 2,
+        origin_last: false,
+        ..Default::default()
+    };
+    let mut f = Fetch::new(cfg, vec![1; 10], 3);
+    f.handle(
+        now,
+        Input::PeerConnected {
+            peer: "origin",
+            origin: true,
+        },
+    );
+    connect(&mut f, now, "unknown", false);
+    let peers: Vec<_> = requests(&drain(&mut f, now))
+        .iter()
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(peers, ["origin", "origin", "unknown", "unknown"]);
+}
+
+#[test]
+fn not_found_blocks_the_peer_for_lack_ttl() {
+    let t0 = Instant::now();
+    let mut f = fetch(1);
+    connect(&mut f, t0, "a", false);
+    assert_eq!(requests(&drain(&mut f, t0)), vec![("a", ChunkIdx(0))]);
+    f.handle(
+        t0,
+        Input::NotFound {
+            peer: "a",
+            chunk: ChunkIdx(0),
+        },
+    );
+    assert_eq!(drain(&mut f, t0), vec![]);
+    let ttl = FetchConfig::default().lack_ttl;
+    assert_eq!(f.poll_timeout(), Some(t0 + ttl));
+    let t1 = t0 + ttl;
+    f.handle_timeout(t1);
+    assert_eq!(requests(&drain(&mut f, t1)), vec![("a", ChunkIdx(0))]);
+}
+
+#[test]
+fn announcement_lifts_a_lack_mark() {
+    let t0 = Instant::now();
+    let mut f = fetch(1);
+    connect(&mut f, t0, "a", false);
+    drain(&mut f, t0);
+    f.handle(
+        t0,
+        Input::NotFound {
+            peer: "a",
+            chunk: ChunkIdx(0),
+        },
+    );
+    assert_eq!(drain(&mut f, t0), vec![]);
+    f.handle(
+        t0,
+        Input::PeerHas {
+            peer: "a",
+            chunks: vec![ChunkIdx(0), ChunkIdx(99)],
+        },
+    );
+    assert_eq!(requests(&drain(&mut f, t0)), vec![("a", ChunkIdx(0))]);
+}
+
+#[test]
+fn disconnect_reissues_elsewhere() {
+    let now = Instant::now();
+    let mut f = fetch(2);
+    connect(&mut f, now, "a", true);
+    assert_eq!(requests(&drain(&mut f, now)).len(), 2);
+    connect(&mut f, now, "b", false);
+    f.handle(now, Input::PeerDisconnected { peer: "a" });
+    f.check_invariants();
+    let reqs = requests(&drain(&mut f, now));
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs.iter().all(|(p, _)| *p == "b"));
+    // A late answer from the gone peer still counts and cancels b's request.
+    let (_, c) = reqs[0];
+    f.handle(
+        now,
+        Input::Verified {
+            peer: "a",
+            chunk: c,
+        },
+    );
+    assert_eq!(
+        drain(&mut f, now),
+        vec![Action::Cancel {
+            peer: "b",
+            chunk: c
+        }]
+    );
+    assert_eq!(f.progress().chunks_done, 1);
+}
+
+#[test]
+fn timeout_moves_request_and_late_answer_cancels_the_retry() {
+    let t0 = Instant::now();
+    let cfg = FetchConfig::default();
+    let mut f = fetch(1);
+    connect(&mut f, t0, "slow", true);
+    assert_eq!(requests(&drain(&mut f, t0)), vec![("slow", ChunkIdx(0))]);
+    connect(&mut f, t0, "b", true);
+    assert_eq!(drain(&mut f, t0), vec![]);
+    let t1 = f.poll_timeout().unwrap();
+    assert_eq!(t1, t0 + cfg.request_timeout);
+    f.handle_timeout(t1);
+    let acts = drain(&mut f, t1);
+    assert_eq!(
+        acts,
+        vec![
+            Action::Cancel {
+                peer: "slow",
+                chunk: ChunkIdx(0)
+            },
+            Action::Request {
+                peer: "b",
+                chunk: ChunkIdx(0)
+            }
+        ]
+    );
+    f.handle(
+        t1,
+        Input::Verified {
+            peer: "slow",
+            chunk: ChunkIdx(0),
+        },
+    );
+    assert_eq!(
+        drain(&mut f, t1),
+        vec![
+            Action::Cancel {
+                peer: "b",
+                chunk: ChunkIdx(0)
+            },
+            Action::Complete
+        ]
+    );
+    f.handle(
+        t1,
+        Input::Verified {
+            peer: "b",
+            chunk: ChunkIdx(0),
+        },
+    );
+    assert_eq!(drain(&mut f, t1), vec![]);
+}
+
+#[test]
+fn a_timed_out_peer_gets_one_request_until_it_answers() {
+    let t0 = Instant::now();
+    let mut f = fetch(20);
+    connect(&mut f, t0, "a", true);
+    assert_eq!(requests(&drain(&mut f, t0)).len(), 8);
+    let t1 = f.poll_timeout().unwrap();
+    f.handle_timeout(t1);
+    let acts = drain(&mut f, t1);
+    let reqs = requests(&acts);
+    assert_eq!(reqs.len(), 1, "{acts:?}");
+    f.handle(
+        t1,
+        Input::Verified {
+            peer: "a",
+            chunk: reqs[0].1,
+        },
+    );
+    assert_eq!(requests(&drain(&mut f, t1)).len(), 8);
+}
+
+#[test]
+fn corrupt_peer_is_penalised_then_banned() {
+    let now = Instant::now();
+    let mut f = fetch(10);
+    connect(&mut f, now, "bad", true);
+    let reqs = requests(&drain(&mut f, now));
+    assert_eq!(reqs.len(), 8);
+    for (i, (peer, chunk)) in reqs.iter().take(3).enumerate() {
+        f.handle(
+            now,
+            Input::Rejected {
+                peer,
+                chunk: *chunk,
+            },
+        );
+        let acts = drain(&mut f, now);
+        assert_eq!(
+            acts[0],
+            Action::Penalise {
+                peer: "bad",
+                reason: REASON_CORRUPT
+            }
+        );
+        if i < 2 {
+            assert!(!f.is_banned(&"bad"));
+        } else {
+            assert!(f.is_banned(&"bad"));
+            assert_eq!(acts.last(), Some(&Action::Ban { peer: "bad" }));
+            // The other seven requests (the pipeline was refilled) are cancelled.
+            let cancels = acts
+                .iter()
+                .filter(|a| matches!(a, Action::Cancel { .. }))
+                .count();
+            assert_eq!(cancels, 7);
+            assert_eq!(f.progress().in_flight, 0);
+        }
+    }
+    // Banned for good: no request, and no more penalties.
+    f.handle(
+        now,
+        Input::Rejected {
+            peer: "bad",
+            chunk: ChunkIdx(0),
+        },
+    );
+    f.handle(
+        now,
+        Input::PeerConnected {
+            peer: "bad",
+            origin: false,
+        },
+    );
+    assert_eq!(drain(&mut f, now), vec![]);
+    connect(&mut f, now, "good", true);
+    assert!(
+        requests(&drain(&mut f, now))
+            .iter()
+            .all(|(p, _)| *p == "good")
+    );
+}
+
+#[test]
+fn rejected_chunk_goes_elsewhere_first() {
+    let now = Instant::now();
+    let mut f = fetch(1);
+    connect(&mut f, now, "a", true);
+    drain(&mut f, now);
+    connect(&mut f, now, "b", false);
+    f.handle(
+        now,
+        Input::Rejected {
+            peer: "a",
+            chunk: ChunkIdx(0),
+        },
+    );
+    let acts = drain(&mut f, now);
+    assert_eq!(
+        acts,
+        vec![
+            Action::Penalise {
+                peer: "a",
+                reason: REASON_CORRUPT
+            },
+            Action::Request {
+                peer: "b",
+                chunk: ChunkIdx(0)
+            }
+        ]
+    );
+}
+
+#[test]
+fn failed_request_is_retried_and_stray_answers_are_ignored() {
+    let now = Instant::now();
+    let mut f = fetch(1);
+    connect(&mut f, now, "a", true);
+    drain(&mut f, now);
+    // Answers for a chunk that is in flight to someone else, or unknown peers.
+    f.handle(
+        now,
+        Input::Failed {
+            peer: "x",
+            chunk: ChunkIdx(0),
+        },
+    );
+    f.handle(
+        now,
+        Input::NotFound {
+            peer: "x",
+            chunk: ChunkIdx(0),
+        },
+    );
+    f.handle(
+        now,
+        Input::Verified {
+            peer: "a",
+            chunk: ChunkIdx(7),
+        },
+    );
+    f.handle(
+        now,
+        Input::AlreadyHave {
+            chunks: vec![ChunkIdx(9)],
+        },
+    );
+    assert_eq!(f.progress().in_flight, 1);
+    assert_eq!(drain(&mut f, now), vec![]);
+    connect(&mut f, now, "b", true);
+    f.handle(
+        now,
+        Input::Failed {
+            peer: "a",
+            chunk: ChunkIdx(0),
+        },
+    );
+    assert_eq!(requests(&drain(&mut f, now)), vec![("b", ChunkIdx(0))]);
+}
+
+#[test]
+fn already_have_cancels_an_in_flight_request() {
+    let now = Instant::now();
+    let mut f = fetch(2);
+    connect(&mut f, now, "a", true);
+    drain(&mut f, now);
+    f.handle(
+        now,
+        Input::AlreadyHave {
+            chunks: vec![ChunkIdx(1)],
+        },
+    );
+    assert_eq!(
+        drain(&mut f, now),
+        vec![Action::Cancel {
+            peer: "a",
+            chunk: ChunkIdx(1)
+        }]
+    );
+}
+
+#[test]
+fn zero_caps_are_clamped_to_one() {
+    let now = Instant::now();
+    let cfg = FetchConfig {
+        max_in_flight_per_peer: 0,
+        max_in_flight_total: 0,
+        ..Default::default()
+    };
+    let mut f = Fetch::new(cfg, vec![1; 3], 0);
+    connect(&mut f, now, "a", true);
+    assert_eq!(requests(&drain(&mut f, now)).len(), 1);
+}
+
+#[test]
+fn poll_timeout_ignores_lacks_of_done_chunks_and_gone_peers() {
+    let t0 = Instant::now();
+    let mut f = fetch(2);
+    connect(&mut f, t0, "a", false);
+    f.handle(
+        t0,
+        Input::NotFound {
+            peer: "a",
+            chunk: ChunkIdx(0),
+        },
+    );
+    f.handle(
+        t0,
+        Input::NotFound {
+            peer: "a",
+            chunk: ChunkIdx(1),
+        },
+    );
+    assert!(f.poll_timeout().is_some());
+    f.handle(
+        t0,
+        Input::AlreadyHave {
+            chunks: vec![ChunkIdx(0)],
+        },
+    );
+    f.handle(t0, Input::PeerDisconnected { peer: "a" });
+    assert_eq!(f.poll_timeout(), None);
+    let _ = Duration::ZERO;
+}
