@@ -83,7 +83,12 @@ fn safetensors(shape: Shape, seed: u64, rewritten: &[usize]) -> Vec<u8> {
 
 fn jsonl(lines: std::ops::Range<usize>) -> String {
     lines
-        .map(|i| format!("{{\"id\":{i},\"text\":\"sample {i} {}\"}}\n", "x".repeat(i % 97)))
+        .map(|i| {
+            format!(
+                "{{\"id\":{i},\"text\":\"sample {i} {}\"}}\n",
+                "x".repeat(i % 97)
+            )
+        })
         .collect()
 }
 
@@ -94,9 +99,16 @@ pub fn write_v1(dir: &Path, total: u64, seed: u64) -> std::io::Result<()> {
     fs::write(dir.join("model.safetensors"), safetensors(shape, seed, &[]))?;
     fs::write(
         dir.join("config.json"),
-        format!("{{\"hidden\":{},\"layers\":{}}}\n", shape.tensor_bytes / 4, shape.tensors),
+        format!(
+            "{{\"hidden\":{},\"layers\":{}}}\n",
+            shape.tensor_bytes / 4,
+            shape.tensors
+        ),
     )?;
-    fs::write(dir.join("tokenizer.json"), "{\"vocab\":[\"a\",\"b\",\"c\"]}\n".repeat(2000))?;
+    fs::write(
+        dir.join("tokenizer.json"),
+        "{\"vocab\":[\"a\",\"b\",\"c\"]}\n".repeat(2000),
+    )?;
     fs::create_dir_all(dir.join("data"))?;
     fs::write(dir.join("data/train.jsonl"), jsonl(0..20_000))?;
     Ok(())

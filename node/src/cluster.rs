@@ -53,7 +53,11 @@ impl Proc {
                 );
             }
             if start.elapsed() > timeout {
-                bail!("{} not ready after {timeout:?}; log:\n{}", self.name, self.log_text());
+                bail!(
+                    "{} not ready after {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -137,7 +141,12 @@ pub fn keygen(path: &Path) -> anyhow::Result<String> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create key file {} (does it exist already?)", path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot create key file {} (does it exist already?)",
+                path.display()
+            )
+        })?;
     std::io::Write::write_all(&mut f, format!("{}\n", hex::encode(secret)).as_bytes())?;
     Ok(hex::encode(key.verifying_key().as_bytes()))
 }
@@ -151,8 +160,8 @@ pub fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
             path.display()
         )
     })?;
-    let bytes = hex::decode(text.trim())
-        .with_context(|| format!("{} is not a hex key", path.display()))?;
+    let bytes =
+        hex::decode(text.trim()).with_context(|| format!("{} is not a hex key", path.display()))?;
     let arr: [u8; 32] = bytes
         .try_into()
         .map_err(|_| anyhow::anyhow!("{} must hold 64 hex digits", path.display()))?;
@@ -261,7 +270,11 @@ impl Cluster {
             "data_dir: \"{}\"\nlisten:\n  - /ip4/127.0.0.1/tcp/0\nbootstrap:\n{}channels: [\"{channel}\"]\n\
              trusted_publishers:\n{}metrics_listen: \"127.0.0.1:0\"\nrequest_timeout_secs: 5\n",
             data_dir.display(),
-            if bootstrap.is_empty() { "  []\n".to_owned() } else { list(bootstrap) },
+            if bootstrap.is_empty() {
+                "  []\n".to_owned()
+            } else {
+                list(bootstrap)
+            },
             list(&trusted),
         );
         let config = config.replace("bootstrap:\n  []\n", "bootstrap: []\n");
@@ -312,9 +325,9 @@ pub fn wait_complete(
             match ch {
                 Some(c)
                     if c.current.as_deref() == Some(version)
-                        && c.latest.as_ref().is_some_and(|l| {
-                            l.version == version && l.state == "complete"
-                        }) =>
+                        && c.latest
+                            .as_ref()
+                            .is_some_and(|l| l.version == version && l.state == "complete") =>
                 {
                     done.push(c.latest.expect("checked"))
                 }

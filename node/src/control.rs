@@ -138,8 +138,10 @@ async fn handle(sock: UnixStream, tx: mpsc::Sender<StatusRequest>) {
                     Err(_) => break,
                 }
             }
-            Ok(c) => serde_json::json!({"error": format!("unknown command `{}`; try status", c.cmd)})
-                .to_string(),
+            Ok(c) => {
+                serde_json::json!({"error": format!("unknown command `{}`; try status", c.cmd)})
+                    .to_string()
+            }
             Err(e) => serde_json::json!({"error": format!("bad request: {e}")}).to_string(),
         };
         if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {

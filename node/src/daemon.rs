@@ -79,8 +79,15 @@ struct Version {
 
 enum Pending {
     Hello,
-    Manifest { root: Hash },
-    Chunk { root: Hash, idx: ChunkIdx, hash: Hash, len: u32 },
+    Manifest {
+        root: Hash,
+    },
+    Chunk {
+        root: Hash,
+        idx: ChunkIdx,
+        hash: Hash,
+        len: u32,
+    },
 }
 
 struct Stored {
@@ -123,7 +130,10 @@ impl Faults {
             }
         }
         if f.corrupt_serve || f.serve_delay.is_some() {
-            tracing::warn!(?f, "FAULT INJECTION active (SYNCNODE_FAULT); never use in production");
+            tracing::warn!(
+                ?f,
+                "FAULT INJECTION active (SYNCNODE_FAULT); never use in production"
+            );
         }
         f
     }
@@ -152,6 +162,7 @@ pub struct Daemon {
     status_rx: mpsc::Receiver<control::StatusRequest>,
     faults: Faults,
     last_announce: Option<Instant>,
+    backoff: HashMap<Multiaddr, (Instant, Duration)>,
     rng_seed: u64,
 }
 
@@ -248,6 +259,7 @@ impl Daemon {
             status_rx,
             faults,
             last_announce: None,
+            backoff: HashMap::new(),
             rng_seed: rand::random(),
         };
         for addr in d.cfg.listen.clone() {
@@ -326,9 +338,9 @@ impl Daemon {
             if self.check_root(&signed).is_err() {
                 continue;
             }
-            let newer = best
-                .get(&signed.channel)
-                .is_none_or(|b| (signed.created_unix, &signed.version) > (b.created_unix, &b.version));
+            let newer = best.get(&signed.channel).is_none_or(|b| {
+                (signed.created_unix, &signed.version) > (b.created_unix, &b.version)
+            });
             if newer {
                 best.insert(signed.channel.clone(), signed);
             }
@@ -347,7 +359,11 @@ impl Daemon {
         }
     }
 
+    /// Dials bootstrap peers that are not connected, with per-address
+    /// exponential backoff (1 s doubling to 30 s) so an unreachable peer is
+    /// retried without flooding.
     fn dial_bootstrap(&mut self) {
+        let now = Instant::now();
         let connected: HashSet<Multiaddr> = self
             .peers
             .values()
@@ -355,16 +371,23 @@ impl Daemon {
             .flat_map(|p| p.addrs.iter().cloned())
             .collect();
         for addr in self.cfg.bootstrap.clone() {
-            if connected.contains(&addr) {
+            let by_id = matches!(addr.iter().last(),
+                Some(libp2p::multiaddr::Protocol::P2p(id)) if self.swarm.is_connected(&id));
+            if connected.contains(&addr) || by_id {
+                self.backoff.remove(&addr);
                 continue;
             }
-            if let Some(libp2p::multiaddr::Protocol::P2p(id)) = addr.iter().last()
-                && self.swarm.is_connected(&id)
-            {
+            let (next, delay) = self
+                .backoff
+                .entry(addr.clone())
+                .or_insert((now, Duration::from_secs(1)));
+            if *next > now {
                 continue;
             }
+            *next = now + *delay;
+            *delay = (*delay * 2).min(Duration::from_secs(30));
             if let Err(e) = self.swarm.dial(addr.clone()) {
-                tracing::debug!(%addr, error = %e, "bootstrap dial failed");
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
             }
         }
     }
@@ -373,7 +396,8 @@ impl Daemon {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
@@ -547,7 +571,7 @@ impl Daemon {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+                tracing::warn!(peer = ?peer_id, %error, "cannot connect to peer; will retry with backoff");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
@@ -607,9 +631,7 @@ impl Daemon {
 
     /// Checks signature and trust of a root.
     fn check_root(&self, signed: &SignedRoot) -> Result<(), String> {
-        signed
-            .verify()
-            .map_err(|e| format!("bad signature: {e}"))?;
+        signed.verify().map_err(|e| format!("bad signature: {e}"))?;
         let trusted = match &self.seed {
             Some(s) => s.signed.publisher == signed.publisher,
             None => self
@@ -639,7 +661,10 @@ impl Daemon {
             tracing::warn!(channel = %signed.channel, version = %signed.version, peer = ?from, "refusing root: {why}");
             return;
         }
-        if let Some(cur) = self.latest.get(&signed.channel).and_then(|r| self.versions.get(r))
+        if let Some(cur) = self
+            .latest
+            .get(&signed.channel)
+            .and_then(|r| self.versions.get(r))
             && (signed.created_unix, &signed.version)
                 <= (cur.signed.created_unix, &cur.signed.version)
         {
@@ -706,13 +731,7 @@ impl Daemon {
             .filter(|p| !asked.contains(p))
             .copied()
             .collect();
-        candidates.sort_by_key(|p| {
-            (
-                !v.complete_peers.contains(p),
-                !self.origins.contains(p),
-                *p,
-            )
-        });
+        candidates.sort_by_key(|p| (!v.complete_peers.contains(p), !self.origins.contains(p), *p));
         let Some(peer) = candidates.first().copied() else {
             asked.clear(); // next housekeeping round starts over
             return;
@@ -747,7 +766,10 @@ impl Daemon {
             .map_err(|e| e.to_string())
             .and_then(|m| {
                 if m.root() != root {
-                    Err(format!("manifest hashes to {}, not the signed root", m.root()))
+                    Err(format!(
+                        "manifest hashes to {}, not the signed root",
+                        m.root()
+                    ))
                 } else if m.channel != v.signed.channel || m.version != v.signed.version {
                     Err("manifest channel/version differ from the signed root".into())
                 } else {
@@ -823,7 +845,10 @@ impl Daemon {
             reused_bytes = reused,
             "fetching version"
         );
-        Metrics::add(&self.metrics.bytes_reused, reused.saturating_sub(v.bytes_reused));
+        Metrics::add(
+            &self.metrics.bytes_reused,
+            reused.saturating_sub(v.bytes_reused),
+        );
         v.bytes_reused = reused;
         v.chunks = chunks;
         v.manifest = Some(m);
@@ -936,17 +961,19 @@ impl Daemon {
         match ev {
             Event::Message {
                 peer,
-                message: Message::Request {
-                    request, channel, ..
-                },
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
                 ..
             } => self.on_request(peer, request, channel),
             Event::Message {
                 peer,
-                message: Message::Response {
-                    request_id,
-                    response,
-                },
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
                 ..
             } => match self.pending.remove(&request_id) {
                 Some(Pending::Hello) => {
@@ -1169,7 +1196,11 @@ impl Daemon {
         let me = *self.swarm.local_peer_id();
         {
             let info = self.peers.entry(peer).or_default();
-            for a in h.listen_addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()) {
+            for a in h
+                .listen_addrs
+                .iter()
+                .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+            {
                 if !info.addrs.contains(&a) {
                     info.addrs.push(a);
                 }
@@ -1214,42 +1245,49 @@ impl Daemon {
             .followed_channels()
             .into_iter()
             .map(|ch| {
-                let latest = self.latest.get(&ch).and_then(|r| self.versions.get(r)).map(|v| {
-                    let total_chunks = v.chunks.len() as u64;
-                    let total_bytes: u64 = v.chunks.iter().map(|c| u64::from(c.len)).sum();
-                    let (chunks_done, bytes_done) = match (&v.state, &v.fetch) {
-                        (_, Some(f)) => {
-                            let p = f.progress();
-                            (u64::from(p.chunks_done), p.bytes_done)
+                let latest = self
+                    .latest
+                    .get(&ch)
+                    .and_then(|r| self.versions.get(r))
+                    .map(|v| {
+                        let total_chunks = v.chunks.len() as u64;
+                        let total_bytes: u64 = v.chunks.iter().map(|c| u64::from(c.len)).sum();
+                        let (chunks_done, bytes_done) = match (&v.state, &v.fetch) {
+                            (_, Some(f)) => {
+                                let p = f.progress();
+                                (u64::from(p.chunks_done), p.bytes_done)
+                            }
+                            (VState::Complete | VState::Materializing, None) => {
+                                (total_chunks, total_bytes)
+                            }
+                            _ => (0, 0),
+                        };
+                        VersionStatus {
+                            version: v.signed.version.clone(),
+                            root: v.signed.root.to_hex(),
+                            state: match v.state {
+                                VState::Manifest { .. } => "manifest",
+                                VState::Fetching => "fetching",
+                                VState::Materializing => "materializing",
+                                VState::Complete => "complete",
+                                VState::Failed { .. } => "failed",
+                            }
+                            .into(),
+                            chunks_done,
+                            chunks_total: total_chunks,
+                            bytes_done,
+                            bytes_total: total_bytes,
+                            bytes_fetched: v.bytes_fetched,
+                            bytes_reused: v.bytes_reused,
+                            elapsed_ms: v
+                                .finished
+                                .unwrap_or(now)
+                                .duration_since(v.started)
+                                .as_millis() as u64,
+                            complete_peers: v.complete_peers.len(),
+                            error: v.error.clone(),
                         }
-                        (VState::Complete | VState::Materializing, None) => {
-                            (total_chunks, total_bytes)
-                        }
-                        _ => (0, 0),
-                    };
-                    VersionStatus {
-                        version: v.signed.version.clone(),
-                        root: v.signed.root.to_hex(),
-                        state: match v.state {
-                            VState::Manifest { .. } => "manifest",
-                            VState::Fetching => "fetching",
-                            VState::Materializing => "materializing",
-                            VState::Complete => "complete",
-                            VState::Failed { .. } => "failed",
-                        }
-                        .into(),
-                        chunks_done,
-                        chunks_total: total_chunks,
-                        bytes_done,
-                        bytes_total: total_bytes,
-                        bytes_fetched: v.bytes_fetched,
-                        bytes_reused: v.bytes_reused,
-                        elapsed_ms: v.finished.unwrap_or(now).duration_since(v.started).as_millis()
-                            as u64,
-                        complete_peers: v.complete_peers.len(),
-                        error: v.error.clone(),
-                    }
-                });
+                    });
                 ChannelStatus {
                     current: materialize::current_version(&self.cfg.raw.data_dir, &ch),
                     channel: ch,

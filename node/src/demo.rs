@@ -163,14 +163,17 @@ fn report(
     channel: &str,
 ) -> anyhow::Result<()> {
     println!(
-        "  {:<8} {:>9} {:>12} {:>12}  {}",
-        "node", "time", "fetched", "reused", "content"
+        "  {:<8} {:>9} {:>12} {:>12}  content",
+        "node", "time", "fetched", "reused"
     );
     for (n, v) in nodes.iter().zip(st) {
         let current = n.data_dir.join(channel).join("current");
         let check = match checkpoint::diff_trees(src, &current) {
             None => "identical to source".to_owned(),
-            Some(d) => bail!("{}: materialized version differs from the source: {d}", n.name),
+            Some(d) => bail!(
+                "{}: materialized version differs from the source: {d}",
+                n.name
+            ),
         };
         println!(
             "  {:<8} {:>7.2} s {:>12} {:>12}  {}",

@@ -81,7 +81,9 @@ enum Cmd {
         trust: Vec<String>,
     },
     /// Publish a folder as a new version of a channel and serve its chunks.
-    #[command(after_help = "Example:\n  syncnode seed ./ckpt --channel llama --version step-100 --key publisher.key --until-complete 3")]
+    #[command(
+        after_help = "Example:\n  syncnode seed ./ckpt --channel llama --version step-100 --key publisher.key --until-complete 3"
+    )]
     Seed {
         /// The folder to publish.
         dir: PathBuf,
@@ -202,9 +204,7 @@ fn main() -> anyhow::Result<()> {
             }
             cfg.trusted_publishers.extend(trust);
             let cfg = cfg.validate(true)?;
-            runtime()?.block_on(async {
-                Daemon::start(cfg, None).await?.run().await
-            })
+            runtime()?.block_on(async { Daemon::start(cfg, None).await?.run().await })
         }
         Cmd::Seed {
             dir,
@@ -274,9 +274,8 @@ fn seed(
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let created = node::daemon::unix_now();
-    let (manifest, source) =
-        node::publish::scan(dir, channel, version, created, cfg.raw.chunker)
-            .with_context(|| format!("cannot publish {}", dir.display()))?;
+    let (manifest, source) = node::publish::scan(dir, channel, version, created, cfg.raw.chunker)
+        .with_context(|| format!("cannot publish {}", dir.display()))?;
     let root = manifest.root();
     let signed = merkle::SignedRoot::sign(&key, channel, version, root, created);
     tracing::info!(
@@ -303,7 +302,12 @@ fn seed(
 }
 
 fn print_status(s: &node::control::Status) {
-    println!("{} {}  listening on {}", s.role, s.peer_id, s.listen_addrs.join(", "));
+    println!(
+        "{} {}  listening on {}",
+        s.role,
+        s.peer_id,
+        s.listen_addrs.join(", ")
+    );
     if let Some(m) = &s.metrics_addr {
         println!("metrics: http://{m}/metrics");
     }

@@ -55,7 +55,10 @@ pub enum MaterializeError {
     },
 }
 
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MaterializeError + 'a {
+fn io<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> MaterializeError + 'a {
     move |source| MaterializeError::Io {
         op,
         path: path.to_owned(),

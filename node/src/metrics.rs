@@ -92,12 +92,7 @@ impl Metrics {
                 "Signed roots refused (bad signature or untrusted key).",
                 &self.roots_rejected,
             ),
-            (
-                "syncnode_peers",
-                "gauge",
-                "Connected peers.",
-                &self.peers,
-            ),
+            ("syncnode_peers", "gauge", "Connected peers.", &self.peers),
         ];
         let mut out = String::new();
         for (name, kind, help, v) in rows {
@@ -142,11 +137,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<S
                 let req = String::from_utf8_lossy(&buf[..n]);
                 let path = req.split_whitespace().nth(1).unwrap_or("");
                 let (status, ctype, body) = match path {
-                    "/metrics" => (
-                        "200 OK",
-                        "text/plain; version=0.0.4",
-                        metrics.render(),
-                    ),
+                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
                     "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
                     _ => (
                         "404 Not Found",
