@@ -14,7 +14,8 @@
 //! `MASK_L` the top `b - 2` bits. Top bits are used because bit `k` of a Gear
 //! fingerprint depends on the last `k + 1` bytes only, so the top bits see the
 //! full 64-byte window. Every chunk except the last of a stream is therefore
-//! `min_size + 1 ..= max_size` bytes long.
+//! `min_size + 1 ..= max_size` bytes long (exactly `max_size` when
+//! `min_size == max_size`).
 
 use serde::{Deserialize, Serialize};
 
@@ -329,7 +330,13 @@ mod tests {
         assert_eq!(field(cfg(64, 96, 256)), "avg_size");
         assert_eq!(field(cfg(64, 128, 100)), "max_size");
         assert_eq!(field(cfg(64, 128, (16 << 20) + 1)), "max_size");
-        assert!(cfg(63, 64, 64).validate().unwrap_err().to_string().contains("min_size"));
+        assert!(
+            cfg(63, 64, 64)
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("min_size")
+        );
         assert!(Chunker::new(cfg(0, 0, 0)).is_err());
     }
 

@@ -130,6 +130,9 @@ mod tests {
     fn flipped_bit_is_detected() {
         let mut f = encode_frame(b"hello world");
         f[10] ^= 0x04;
-        assert!(matches!(decode_frame(&f, 100), Err(FrameError::BadCrc { .. })));
+        assert!(matches!(
+            decode_frame(&f, 100),
+            Err(FrameError::BadCrc { .. })
+        ));
     }
 }

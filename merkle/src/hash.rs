@@ -1,4 +1,4 @@
-//! BLAKE3 digests ([`Hash`]) and SHA-256 ([`sha256`]).
+//! BLAKE3 digests ([`Hash`](struct@Hash)) and SHA-256 ([`sha256`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -100,7 +100,10 @@ mod tests {
         assert_eq!(format!("{h}"), h.to_hex());
         assert_eq!(format!("{h:?}"), "Hash(6437b3ac3846...)");
         assert_eq!(Hash::from_hex("abc"), Err(ParseHashError::InvalidLength(3)));
-        assert_eq!(Hash::from_hex(&"zz".repeat(32)), Err(ParseHashError::InvalidHex));
+        assert_eq!(
+            Hash::from_hex(&"zz".repeat(32)),
+            Err(ParseHashError::InvalidHex)
+        );
         // Multi-byte UTF-8 of byte length 64 must not panic.
         assert!(Hash::from_hex(&"é".repeat(32)).is_err());
     }

@@ -2,7 +2,7 @@
 //! I/O and reads no clock or global random source.
 //!
 //! It owns:
-//! - [`Hash`]: BLAKE3 digests for chunks, file roots and version roots, and
+//! - [`Hash`](struct@Hash): BLAKE3 digests for chunks, file roots and version roots, and
 //!   [`sha256`] for whole files;
 //! - the content-defined chunker ([`Chunker`], [`chunk_lengths`]): Gear hash,
 //!   FastCDC-style normalized chunking;

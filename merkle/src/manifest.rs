@@ -46,7 +46,7 @@ impl FileEntry {
     }
 
     /// This file's leaf in the version tree:
-    /// `BLAKE3(0x02 || u32le(path.len) || path || u32le(mode) || u64le(size) || file_root)`.
+    /// `BLAKE3(0x02 || u32le(path.len) || path || u32le(mode) || u64le(size) || sha256 || file_root)`.
     pub fn leaf(&self) -> Hash {
         self.leaf_with_root(&self.root())
     }
@@ -60,6 +60,9 @@ impl FileEntry {
         h.update(self.path.as_bytes());
         h.update(&self.mode.to_le_bytes());
         h.update(&self.size.to_le_bytes());
+        // The SHA-256 is covered too, so a forged manifest copy cannot make a
+        // node fail (and retry forever) at materialization.
+        h.update(&self.sha256);
         h.update(&file_root.0);
         h.finalize().into()
     }
@@ -240,7 +243,7 @@ pub fn validate_path(path: &str) -> Result<(), ManifestError> {
 impl Manifest {
     /// Version root: [`merkle_root`] over one leaf per file
     /// ([`FileEntry::leaf`]: `BLAKE3(0x02 || u32le(path.len) || path || u32le(mode) ||
-    /// u64le(size) || file_root)`), files sorted by path. No files give `BLAKE3(0x00)`.
+    /// u64le(size) || sha256 || file_root)`), files sorted by path. No files give `BLAKE3(0x00)`.
     pub fn root(&self) -> Hash {
         let mut files: Vec<&FileEntry> = self.files.iter().collect();
         if !files.is_sorted_by(|a, b| a.path <= b.path) {
@@ -350,7 +353,9 @@ impl Manifest {
 
     /// Sum of the file sizes.
     pub fn total_size(&self) -> u64 {
-        self.files.iter().fold(0u64, |acc, f| acc.saturating_add(f.size))
+        self.files
+            .iter()
+            .fold(0u64, |acc, f| acc.saturating_add(f.size))
     }
 
     /// Number of chunks over all files, duplicates included.
@@ -423,7 +428,18 @@ mod tests {
 
     #[test]
     fn unsafe_paths_are_rejected_naming_the_path() {
-        for p in ["../x", "/etc/passwd", "a/./b", "a//b", "a\\b", "", "a/", "a/..", "x\0y", "."] {
+        for p in [
+            "../x",
+            "/etc/passwd",
+            "a/./b",
+            "a//b",
+            "a\\b",
+            "",
+            "a/",
+            "a/..",
+            "x\0y",
+            ".",
+        ] {
             match validate_path(p) {
                 Err(ManifestError::UnsafePath { path, .. }) => assert_eq!(path, p),
                 other => panic!("{p:?}: {other:?}"),
@@ -434,7 +450,14 @@ mod tests {
         }
         assert!(validate_path(&"a".repeat(4096)).is_ok());
         assert!(validate_path(&"a".repeat(4097)).is_err());
-        for p in ["a", "a/b", "model-00001.safetensors", ".hidden/x", "a..b", "日本/語"] {
+        for p in [
+            "a",
+            "a/b",
+            "model-00001.safetensors",
+            ".hidden/x",
+            "a..b",
+            "日本/語",
+        ] {
             assert_eq!(validate_path(p), Ok(()), "{p}");
         }
     }
@@ -444,22 +467,46 @@ mod tests {
         for n in ["llama-3.1_70B", "v1", "a", &"x".repeat(128)] {
             assert_eq!(validate_name("channel", n), Ok(()), "{n}");
         }
-        for n in ["", ".hidden", "current", "a/b", "a b", "ü", &"x".repeat(129)] {
+        for n in [
+            "",
+            ".hidden",
+            "current",
+            "a/b",
+            "a b",
+            "ü",
+            &"x".repeat(129),
+        ] {
             let err = validate_name("version", n).unwrap_err();
-            assert!(matches!(&err, ManifestError::InvalidName { kind: "version", name, .. } if name == n));
+            assert!(
+                matches!(&err, ManifestError::InvalidName { kind: "version", name, .. } if name == n)
+            );
         }
     }
 
     #[test]
     fn ordering_duplicates_and_directories() {
-        let ok = manifest(vec![entry("a.txt", b"1"), entry("a/b", b"2"), entry("b", b"")]);
+        let ok = manifest(vec![
+            entry("a.txt", b"1"),
+            entry("a/b", b"2"),
+            entry("b", b""),
+        ]);
         assert_eq!(ok.validate(), Ok(()));
         let unsorted = manifest(vec![entry("b", b"1"), entry("a", b"2")]);
-        assert!(matches!(unsorted.validate(), Err(ManifestError::NotSorted { .. })));
+        assert!(matches!(
+            unsorted.validate(),
+            Err(ManifestError::NotSorted { .. })
+        ));
         let dup = manifest(vec![entry("a", b"1"), entry("a", b"2")]);
-        assert!(matches!(dup.validate(), Err(ManifestError::DuplicatePath { .. })));
+        assert!(matches!(
+            dup.validate(),
+            Err(ManifestError::DuplicatePath { .. })
+        ));
         // "a.txt" sorts between "a" and "a/b": the check must not rely on adjacency.
-        let dir = manifest(vec![entry("a", b"1"), entry("a.txt", b"1"), entry("a/b/c", b"2")]);
+        let dir = manifest(vec![
+            entry("a", b"1"),
+            entry("a.txt", b"1"),
+            entry("a/b/c", b"2"),
+        ]);
         assert_eq!(
             dir.validate(),
             Err(ManifestError::FileIsDirectory {
@@ -473,13 +520,22 @@ mod tests {
     fn sizes_and_chunk_lengths() {
         let mut m = manifest(vec![entry("a", b"hello")]);
         m.files[0].size = 4;
-        assert!(matches!(m.validate(), Err(ManifestError::SizeMismatch { .. })));
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::SizeMismatch { .. })
+        ));
         m.files[0].size = 0;
         m.files[0].chunks[0].len = 0;
-        assert!(matches!(m.validate(), Err(ManifestError::BadChunkLen { index: 0, .. })));
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::BadChunkLen { index: 0, .. })
+        ));
         m.files[0].chunks[0].len = (1 << 20) + 1;
         m.files[0].size = (1 << 20) + 1;
-        assert!(matches!(m.validate(), Err(ManifestError::BadChunkLen { .. })));
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::BadChunkLen { .. })
+        ));
     }
 
     #[test]
@@ -491,8 +547,13 @@ mod tests {
         buf.extend_from_slice(b"a");
         buf.extend_from_slice(&0o644u32.to_le_bytes());
         buf.extend_from_slice(&3u64.to_le_bytes());
+        buf.extend_from_slice(&f.sha256);
         buf.extend_from_slice(&Hash::of(b"xyz").0);
         assert_eq!(f.root(), Hash::of(b"xyz"));
+        // A forged SHA-256 changes the version root.
+        let mut forged = m.clone();
+        forged.files[0].sha256[0] ^= 1;
+        assert_ne!(forged.root(), m.root());
         assert_eq!(m.root(), Hash::of(&buf));
         assert_eq!(manifest(vec![]).root(), Hash::of(&[0]));
         // Order of the list does not matter to root().
@@ -511,15 +572,24 @@ mod tests {
         assert_eq!(m.unique_chunks().len(), 1);
         assert_eq!(m.total_size(), 6);
         assert_eq!(Manifest::decode(b"SNM"), Err(ManifestError::BadMagic));
-        assert_eq!(Manifest::decode(b"XXXX\x01\x00"), Err(ManifestError::BadMagic));
-        assert!(matches!(Manifest::decode(b"SNMF\x01"), Err(ManifestError::Decode(_))));
+        assert_eq!(
+            Manifest::decode(b"XXXX\x01\x00"),
+            Err(ManifestError::BadMagic)
+        );
+        assert!(matches!(
+            Manifest::decode(b"SNMF\x01"),
+            Err(ManifestError::Decode(_))
+        ));
         assert_eq!(
             Manifest::decode(b"SNMF\x02\x00"),
             Err(ManifestError::UnsupportedFormatVersion(2))
         );
         let mut long = bytes.clone();
         long.push(0);
-        assert_eq!(Manifest::decode(&long), Err(ManifestError::TrailingBytes(1)));
+        assert_eq!(
+            Manifest::decode(&long),
+            Err(ManifestError::TrailingBytes(1))
+        );
         assert!(matches!(
             Manifest::decode(&bytes[..bytes.len() - 1]),
             Err(ManifestError::Decode(_))

@@ -170,10 +170,15 @@ mod tests {
         t.created_unix += 1;
         assert_eq!(t.verify(), Err(SignatureError::Invalid));
         let mut t = s.clone();
-        t.publisher = SigningKey::from_bytes(&[8u8; 32]).verifying_key().to_bytes();
+        t.publisher = SigningKey::from_bytes(&[8u8; 32])
+            .verifying_key()
+            .to_bytes();
         assert_eq!(t.verify(), Err(SignatureError::Invalid));
         let mut enc = s.encode();
         enc.push(0);
-        assert!(matches!(SignedRoot::decode(&enc), Err(SignatureError::Decode(_))));
+        assert!(matches!(
+            SignedRoot::decode(&enc),
+            Err(SignatureError::Decode(_))
+        ));
     }
 }

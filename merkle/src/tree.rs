@@ -157,7 +157,10 @@ mod tests {
                 assert!(p.verify(&l[i], &root), "n={n} i={i}");
                 for j in 0..n as u64 + 2 {
                     if j != i as u64 {
-                        let q = Proof { index: j, ..p.clone() };
+                        let q = Proof {
+                            index: j,
+                            ..p.clone()
+                        };
                         assert!(!q.verify(&l[i], &root), "n={n} i={i} j={j}");
                     }
                 }
@@ -169,7 +172,12 @@ mod tests {
     #[test]
     fn hostile_proofs_do_not_panic() {
         let h = Hash::of(b"x");
-        for (index, leaf_count) in [(0, 0), (u64::MAX, u64::MAX), (u64::MAX - 1, u64::MAX), (0, u64::MAX)] {
+        for (index, leaf_count) in [
+            (0, 0),
+            (u64::MAX, u64::MAX),
+            (u64::MAX - 1, u64::MAX),
+            (0, u64::MAX),
+        ] {
             let p = Proof {
                 index,
                 leaf_count,

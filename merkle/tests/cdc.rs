@@ -22,7 +22,11 @@ fn check_stats(cfg: &ChunkerConfig, data: &[u8]) -> f64 {
     }
     let mean = data.len() as f64 / lens.len() as f64;
     let ratio = mean / f64::from(cfg.avg_size);
-    assert!((0.8..=1.5).contains(&ratio), "mean chunk {mean} vs avg {}", cfg.avg_size);
+    assert!(
+        (0.8..=1.5).contains(&ratio),
+        "mean chunk {mean} vs avg {}",
+        cfg.avg_size
+    );
     ratio
 }
 

@@ -165,37 +165,53 @@ proptest! {
 }
 
 fn manifest_strategy() -> impl Strategy<Value = Manifest> {
-    let file = (0u32..0o1000, prop::collection::vec((any::<[u8; 4]>(), 1u32..=4096), 0..6), any::<[u8; 32]>());
+    let file = (
+        0u32..0o1000,
+        prop::collection::vec((any::<[u8; 4]>(), 1u32..=4096), 0..6),
+        any::<[u8; 32]>(),
+    );
     (
         "[a-z0-9][a-z0-9._-]{0,20}",
         "[A-Za-z0-9][A-Za-z0-9._-]{0,20}",
         any::<u64>(),
         prop::collection::btree_map("[a-z]{1,3}(/[a-z0-9._]{1,4}){0,2}", file, 0..12),
     )
-        .prop_filter_map("reserved name", |(channel, version, created_unix, files)| {
-            if channel == "current" || version == "current" {
-                return None;
-            }
-            let files: Vec<FileEntry> = files
-                .into_iter()
-                .map(|(path, (mode, chunks, sha))| {
-                    let chunks: Vec<ChunkRef> = chunks
-                        .into_iter()
-                        .map(|(h, len)| ChunkRef { hash: Hash::of(&h), len })
-                        .collect();
-                    FileEntry {
-                        path: format!("f/{path}x"),
-                        mode,
-                        size: chunks.iter().map(|c| u64::from(c.len)).sum(),
-                        sha256: sha,
-                        chunks,
-                    }
-                })
-                .collect();
-            let m = Manifest { channel, version, created_unix, chunker: tiny_config(), files };
-            // Path generation can produce "a" and "a/b"; keep only valid ones.
-            m.validate().is_ok().then_some(m)
-        })
+        .prop_filter_map(
+            "reserved name",
+            |(channel, version, created_unix, files)| {
+                if channel == "current" || version == "current" {
+                    return None;
+                }
+                let files: Vec<FileEntry> = files
+                    .into_iter()
+                    .map(|(path, (mode, chunks, sha))| {
+                        let chunks: Vec<ChunkRef> = chunks
+                            .into_iter()
+                            .map(|(h, len)| ChunkRef {
+                                hash: Hash::of(&h),
+                                len,
+                            })
+                            .collect();
+                        FileEntry {
+                            path: format!("f/{path}x"),
+                            mode,
+                            size: chunks.iter().map(|c| u64::from(c.len)).sum(),
+                            sha256: sha,
+                            chunks,
+                        }
+                    })
+                    .collect();
+                let m = Manifest {
+                    channel,
+                    version,
+                    created_unix,
+                    chunker: tiny_config(),
+                    files,
+                };
+                // Path generation can produce "a" and "a/b"; keep only valid ones.
+                m.validate().is_ok().then_some(m)
+            },
+        )
 }
 
 fn signing_key(seed: u64) -> SigningKey {

@@ -762,19 +762,16 @@ impl Daemon {
                 return;
             }
         };
+        // Decoding validates paths and sizes; verify_manifest recomputes the
+        // version root and checks it, the channel and the version against the
+        // signed root.
         let checked = Manifest::decode(&bytes)
             .map_err(|e| e.to_string())
             .and_then(|m| {
-                if m.root() != root {
-                    Err(format!(
-                        "manifest hashes to {}, not the signed root",
-                        m.root()
-                    ))
-                } else if m.channel != v.signed.channel || m.version != v.signed.version {
-                    Err("manifest channel/version differ from the signed root".into())
-                } else {
-                    Ok(m)
-                }
+                v.signed
+                    .verify_manifest(&m)
+                    .map(|()| m)
+                    .map_err(|e| e.to_string())
             });
         match checked {
             Ok(m) => {
