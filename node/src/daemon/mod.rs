@@ -1,0 +1,639 @@
+//! The daemon: one tokio task owning the libp2p swarm, the per-version
+//! [`swarm::Fetch`] state machines and the bookkeeping; blocking work (chunk
+//! store writes and reads, materialization) runs on tokio's blocking pool and
+//! reports back over bounded channels.
+//!
+//! The same loop runs `syncnode run` (a node following channels) and
+//! `syncnode seed` (a publisher serving one version from its source files).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identity, noise, tcp, yamux};
+use merkle::{ChunkRef, Hash, Manifest, SignedRoot};
+use swarm::{Action, ChunkIdx, Fetch, FetchConfig, Input};
+use tokio::sync::mpsc;
+
+use crate::config::Validated;
+use crate::control::{self, ChannelStatus, PeerStatus, Status, VersionStatus};
+use crate::materialize;
+use crate::metrics::Metrics;
+use crate::publish::SourceIndex;
+use crate::store::{ChunkStore, StoreError};
+use crate::wire::{self, Gossip, Hello, HelloReply, PeerRecord, Request, Response};
+
+mod serving;
+mod versions;
+
+/// What `syncnode seed` adds to the daemon.
+pub struct SeedSpec {
+    /// The published manifest.
+    pub manifest: Arc<Manifest>,
+    /// Its signed root.
+    pub signed: SignedRoot,
+    /// Where its chunks live.
+    pub source: Arc<SourceIndex>,
+    /// Exit once this many peers report the version complete.
+    pub until_complete: Option<usize>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    rr: request_response::Behaviour<wire::Codec>,
+}
+
+#[derive(Debug)]
+enum VState {
+    /// Waiting for the manifest; `asked` are peers tried in this round.
+    Manifest {
+        asked: HashSet<PeerId>,
+        in_flight: bool,
+    },
+    Fetching,
+    Materializing,
+    Complete,
+    Failed {
+        retry_at: Instant,
+    },
+}
+
+struct Version {
+    signed: SignedRoot,
+    manifest: Option<Arc<Manifest>>,
+    manifest_bytes: Option<Arc<Vec<u8>>>,
+    chunks: Vec<ChunkRef>,
+    fetch: Option<Fetch<PeerId>>,
+    state: VState,
+    started: Instant,
+    finished: Option<Instant>,
+    bytes_fetched: u64,
+    bytes_reused: u64,
+    complete_peers: HashSet<PeerId>,
+    error: Option<String>,
+}
+
+enum Pending {
+    Hello,
+    Manifest {
+        root: Hash,
+    },
+    Chunk {
+        root: Hash,
+        idx: ChunkIdx,
+        hash: Hash,
+        len: u32,
+    },
+}
+
+struct Stored {
+    root: Hash,
+    idx: ChunkIdx,
+    peer: PeerId,
+    len: u32,
+    result: Result<(), StoreError>,
+}
+
+#[derive(Default)]
+struct PeerInfo {
+    addrs: Vec<Multiaddr>,
+    connections: usize,
+}
+
+/// Fault switches for tests, from `SYNCNODE_FAULT` (comma-separated):
+/// `corrupt-serve` flips a byte of every chunk this process serves;
+/// `serve-delay-ms=N` delays every chunk it serves by N ms. Logged loudly at start.
+#[derive(Debug, Default, Clone, Copy)]
+struct Faults {
+    corrupt_serve: bool,
+    serve_delay: Option<Duration>,
+}
+
+impl Faults {
+    fn from_env() -> Faults {
+        let mut f = Faults::default();
+        let spec = std::env::var("SYNCNODE_FAULT").unwrap_or_default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part == "corrupt-serve" {
+                f.corrupt_serve = true;
+            } else if let Some(ms) = part
+                .strip_prefix("serve-delay-ms=")
+                .and_then(|v| v.parse().ok())
+            {
+                f.serve_delay = Some(Duration::from_millis(ms));
+            } else {
+                tracing::warn!(fault = part, "unknown SYNCNODE_FAULT entry ignored");
+            }
+        }
+        if f.corrupt_serve || f.serve_delay.is_some() {
+            tracing::warn!(
+                ?f,
+                "FAULT INJECTION active (SYNCNODE_FAULT); never use in production"
+            );
+        }
+        f
+    }
+}
+
+/// The running daemon.
+pub struct Daemon {
+    swarm: Swarm<Behaviour>,
+    cfg: Validated,
+    state_dir: PathBuf,
+    store: Arc<ChunkStore>,
+    seed: Option<SeedSpec>,
+    metrics: Arc<Metrics>,
+    metrics_addr: Option<std::net::SocketAddr>,
+    versions: HashMap<Hash, Version>,
+    latest: HashMap<String, Hash>,
+    peers: HashMap<PeerId, PeerInfo>,
+    origins: HashSet<PeerId>,
+    pending: HashMap<OutboundRequestId, Pending>,
+    stored_tx: mpsc::Sender<Stored>,
+    stored_rx: mpsc::Receiver<Stored>,
+    served_tx: mpsc::Sender<(ResponseChannel<Response>, Response)>,
+    served_rx: mpsc::Receiver<(ResponseChannel<Response>, Response)>,
+    mat_tx: mpsc::Sender<(Hash, Result<PathBuf, String>)>,
+    mat_rx: mpsc::Receiver<(Hash, Result<PathBuf, String>)>,
+    status_rx: mpsc::Receiver<control::StatusRequest>,
+    faults: Faults,
+    last_announce: Option<Instant>,
+    backoff: HashMap<Multiaddr, (Instant, Duration)>,
+    rng_seed: u64,
+}
+
+fn load_or_create_identity(path: &std::path::Path) -> anyhow::Result<identity::Keypair> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(bytes) = std::fs::read(path) {
+        return identity::Keypair::from_protobuf_encoding(&bytes).with_context(|| {
+            format!(
+                "node identity {} is damaged; delete it to get a new peer id",
+                path.display()
+            )
+        });
+    }
+    let key = identity::Keypair::generate_ed25519();
+    let bytes = key.to_protobuf_encoding()?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::io::Write::write_all(&mut f, &bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(key)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Daemon {
+    /// Builds the daemon: opens the store, loads state, binds listeners,
+    /// metrics and the control socket.
+    pub async fn start(cfg: Validated, seed: Option<SeedSpec>) -> anyhow::Result<Daemon> {
+        let state_dir = cfg.raw.data_dir.join(".syncnode");
+        std::fs::create_dir_all(state_dir.join("versions"))
+            .with_context(|| format!("cannot create data_dir {}", state_dir.display()))?;
+        let store = Arc::new(
+            tokio::task::spawn_blocking({
+                let d = state_dir.clone();
+                let fsync = cfg.raw.fsync;
+                move || ChunkStore::open(&d, fsync)
+            })
+            .await??,
+        );
+        let (n, bytes) = store.stats();
+        tracing::info!(chunks = n, bytes, "chunk store opened");
+        let key = load_or_create_identity(&state_dir.join("node.key"))?;
+        let swarm = build_swarm(key, &cfg)?;
+        let metrics = Arc::new(Metrics::default());
+        let metrics_addr = match cfg.metrics_listen {
+            Some(a) => Some(
+                crate::metrics::serve(a, metrics.clone())
+                    .await
+                    .with_context(|| format!("cannot bind metrics_listen {a}"))?,
+            ),
+            None => None,
+        };
+        let (status_tx, status_rx) = mpsc::channel(16);
+        control::serve(&cfg.control_socket, status_tx).with_context(|| {
+            format!(
+                "cannot open control socket {}",
+                cfg.control_socket.display()
+            )
+        })?;
+        let (stored_tx, stored_rx) = mpsc::channel(1024);
+        let (served_tx, served_rx) = mpsc::channel(1024);
+        let (mat_tx, mat_rx) = mpsc::channel(16);
+        let faults = Faults::from_env();
+        let mut d = Daemon {
+            swarm,
+            cfg,
+            state_dir,
+            store,
+            seed,
+            metrics,
+            metrics_addr,
+            versions: HashMap::new(),
+            latest: HashMap::new(),
+            peers: HashMap::new(),
+            origins: HashSet::new(),
+            pending: HashMap::new(),
+            stored_tx,
+            stored_rx,
+            served_tx,
+            served_rx,
+            mat_tx,
+            mat_rx,
+            status_rx,
+            faults,
+            last_announce: None,
+            backoff: HashMap::new(),
+            rng_seed: rand::random(),
+        };
+        for addr in d.cfg.listen.clone() {
+            d.swarm
+                .listen_on(addr.clone())
+                .with_context(|| format!("cannot listen on {addr}"))?;
+        }
+        for ch in d.followed_channels() {
+            d.swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&wire::topic(&ch))?;
+        }
+        if d.seed.is_some() {
+            d.install_seed_version();
+        } else {
+            d.load_saved_versions();
+        }
+        d.dial_bootstrap();
+        Ok(d)
+    }
+
+    fn followed_channels(&self) -> Vec<String> {
+        match &self.seed {
+            Some(s) => vec![s.manifest.channel.clone()],
+            None => self.cfg.raw.channels.clone(),
+        }
+    }
+
+    fn install_seed_version(&mut self) {
+        let seed = self.seed.as_ref().expect("seed mode");
+        let m = seed.manifest.clone();
+        let root = seed.signed.root;
+        let chunks = m.unique_chunks();
+        let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+        self.latest.insert(m.channel.clone(), root);
+        self.versions.insert(
+            root,
+            Version {
+                signed: seed.signed.clone(),
+                manifest_bytes: Some(Arc::new(m.encode())),
+                manifest: Some(m),
+                chunks,
+                fetch: None,
+                state: VState::Complete,
+                started: Instant::now(),
+                finished: Some(Instant::now()),
+                bytes_fetched: 0,
+                bytes_reused: total,
+                complete_peers: HashSet::new(),
+                error: None,
+            },
+        );
+        Metrics::add(&self.metrics.versions_complete, 1);
+    }
+
+    /// On restart: reload the newest saved root per channel and resume it.
+    fn load_saved_versions(&mut self) {
+        let dir = self.state_dir.join("versions");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut best: HashMap<String, SignedRoot> = HashMap::new();
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "root") {
+                continue;
+            }
+            let Ok(signed) = std::fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| SignedRoot::decode(&b).map_err(|e| e.to_string()))
+            else {
+                tracing::warn!(path = %p.display(), "ignoring unreadable saved root");
+                continue;
+            };
+            if self.check_root(&signed).is_err() {
+                continue;
+            }
+            let newer = best.get(&signed.channel).is_none_or(|b| {
+                (signed.created_unix, &signed.version) > (b.created_unix, &b.version)
+            });
+            if newer {
+                best.insert(signed.channel.clone(), signed);
+            }
+        }
+        for (_, signed) in best {
+            let root = signed.root;
+            let manifest = std::fs::read(dir.join(format!("{}.manifest", root.to_hex())))
+                .ok()
+                .and_then(|b| Manifest::decode(&b).ok())
+                .filter(|m| m.root() == root);
+            tracing::info!(channel = %signed.channel, version = %signed.version, %root, "resuming saved version");
+            self.insert_version(signed);
+            if let Some(m) = manifest {
+                self.start_fetch(root, Arc::new(m));
+            }
+        }
+    }
+
+    /// Dials bootstrap peers that are not connected, with per-address
+    /// exponential backoff (1 s doubling to 30 s) so an unreachable peer is
+    /// retried without flooding.
+    fn dial_bootstrap(&mut self) {
+        let now = Instant::now();
+        let connected: HashSet<Multiaddr> = self
+            .peers
+            .values()
+            .filter(|p| p.connections > 0)
+            .flat_map(|p| p.addrs.iter().cloned())
+            .collect();
+        for addr in self.cfg.bootstrap.clone() {
+            let by_id = matches!(addr.iter().last(),
+                Some(libp2p::multiaddr::Protocol::P2p(id)) if self.swarm.is_connected(&id));
+            if connected.contains(&addr) || by_id {
+                self.backoff.remove(&addr);
+                continue;
+            }
+            let (next, delay) = self
+                .backoff
+                .entry(addr.clone())
+                .or_insert((now, Duration::from_secs(1)));
+            if *next > now {
+                continue;
+            }
+            *next = now + *delay;
+            *delay = (*delay * 2).min(Duration::from_secs(30));
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+    }
+
+    /// Runs until SIGINT/SIGTERM, or (seed) until enough peers are complete.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                Some(s) = self.stored_rx.recv() => self.on_stored(s),
+                Some((ch, resp)) = self.served_rx.recv() => {
+                    let _ = self.swarm.behaviour_mut().rr.send_response(ch, resp);
+                }
+                Some((root, r)) = self.mat_rx.recv() => self.on_materialized(root, r),
+                Some(req) = self.status_rx.recv() => { let _ = req.send(self.status()); }
+                _ = tick.tick() => self.housekeeping(),
+                _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(),
+                _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, stopping"); break; }
+                _ = sigterm.recv() => { tracing::info!("terminated, stopping"); break; }
+            }
+            self.pump();
+            if self.seed_done() {
+                break;
+            }
+        }
+        let _ = std::fs::remove_file(&self.cfg.control_socket);
+        Ok(())
+    }
+
+    fn seed_done(&self) -> bool {
+        let Some(seed) = &self.seed else { return false };
+        let Some(n) = seed.until_complete else {
+            return false;
+        };
+        let have = self
+            .versions
+            .get(&seed.signed.root)
+            .map_or(0, |v| v.complete_peers.len());
+        if have >= n {
+            tracing::info!(
+                peers = have,
+                "{have} peers report the version complete; seed exiting"
+            );
+            true
+        } else {
+            false
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        self.versions
+            .values()
+            .filter_map(|v| v.fetch.as_ref()?.poll_timeout())
+            .min()
+            .unwrap_or(far)
+    }
+
+    fn on_timeout(&mut self) {
+        let now = Instant::now();
+        for v in self.versions.values_mut() {
+            if let Some(f) = v.fetch.as_mut() {
+                f.handle_timeout(now);
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        self.dial_bootstrap();
+        let now = Instant::now();
+        // Publisher: re-announce every 2 s, so late joiners and new mesh peers hear it.
+        if let Some(seed) = &self.seed
+            && self
+                .last_announce
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(2))
+        {
+            let msg = Gossip::Announce(seed.signed.clone()).encode();
+            let topic = wire::topic(&seed.signed.channel);
+            match self.swarm.behaviour_mut().gossipsub.publish(topic, msg) {
+                Ok(_) => tracing::debug!("announced root"),
+                Err(e) => tracing::debug!(error = %e, "announce not sent"),
+            }
+            self.last_announce = Some(now);
+        }
+        // Nodes: repeat completion every few seconds (cheap; lets the seed count).
+        if self.seed.is_none()
+            && self
+                .last_announce
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(3))
+        {
+            self.last_announce = Some(now);
+            let done: Vec<(String, Hash)> = self
+                .latest
+                .iter()
+                .filter(|(_, r)| {
+                    self.versions
+                        .get(r)
+                        .is_some_and(|v| matches!(v.state, VState::Complete))
+                })
+                .map(|(c, r)| (c.clone(), *r))
+                .collect();
+            for (ch, root) in done {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(wire::topic(&ch), Gossip::Complete(root).encode());
+            }
+        }
+        // Retry failed versions and manifest rounds.
+        let roots: Vec<Hash> = self.versions.keys().copied().collect();
+        for root in roots {
+            let v = self.versions.get_mut(&root).expect("listed");
+            match &mut v.state {
+                VState::Failed { retry_at } if *retry_at <= now => {
+                    if let Some(m) = v.manifest.clone() {
+                        self.start_fetch(root, m);
+                    } else {
+                        v.state = VState::Manifest {
+                            asked: HashSet::new(),
+                            in_flight: false,
+                        };
+                    }
+                }
+                VState::Manifest {
+                    in_flight: false, ..
+                } => self.request_manifest(root),
+                _ => {}
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, peer_id = %self.swarm.local_peer_id(), "listening");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let info = self.peers.entry(peer_id).or_default();
+                info.connections += 1;
+                if endpoint.is_dialer() {
+                    let a = endpoint.get_remote_address().clone();
+                    if !info.addrs.contains(&a) {
+                        info.addrs.push(a);
+                    }
+                }
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, "peer connected");
+                    Metrics::add(&self.metrics.peers, 1);
+                    let hello = Request::Hello(self.hello());
+                    let id = self.swarm.behaviour_mut().rr.send_request(&peer_id, hello);
+                    self.pending.insert(id, Pending::Hello);
+                    self.feed_all(Input::PeerConnected {
+                        peer: peer_id,
+                        origin: self.origins.contains(&peer_id),
+                    });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if let Some(i) = self.peers.get_mut(&peer_id) {
+                    i.connections = i.connections.saturating_sub(1);
+                }
+                if num_established == 0 {
+                    tracing::info!(peer = %peer_id, "peer disconnected");
+                    self.metrics.peers.fetch_sub(1, Relaxed);
+                    self.feed_all(Input::PeerDisconnected { peer: peer_id });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::warn!(peer = ?peer_id, %error, "cannot connect to peer; will retry with backoff");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            })) => self.on_gossip(propagation_source, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr(ev),
+            _ => {}
+        }
+    }
+}
+
+fn build_swarm(key: identity::Keypair, cfg: &Validated) -> anyhow::Result<Swarm<Behaviour>> {
+    let request_timeout = Duration::from_secs(cfg.raw.request_timeout_secs * 3);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|key| {
+            let gs_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(700))
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .max_transmit_size(256 * 1024)
+                .build()
+                .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gs_config,
+            )
+            .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+            let rr = request_response::Behaviour::with_codec(
+                wire::Codec,
+                [(wire::PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(request_timeout)
+                    .with_max_concurrent_streams(1024),
+            );
+            Ok(Behaviour { gossipsub, rr })
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        .build();
+    Ok(swarm)
+}
+
+/// Writes a small state file atomically (temp, fsync, rename).
+pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Seconds since the Unix epoch (for `created_unix`).
+pub fn unix_now() -> u64 {
+    now_unix()
+}

@@ -1,0 +1,294 @@
+//! Serving peers and local clients: request handling, hello and peer
+//! exchange, and the control-socket status.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn hello(&self) -> Hello {
+        Hello {
+            listen_addrs: self.swarm.listeners().map(|a| a.to_vec()).collect(),
+        }
+    }
+
+    pub(super) fn on_rr(&mut self, ev: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_request(peer, request, channel),
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => match self.pending.remove(&request_id) {
+                Some(Pending::Hello) => {
+                    if let Response::Hello(h) = response {
+                        self.on_hello_reply(peer, h);
+                    }
+                }
+                Some(Pending::Manifest { root }) => self.on_manifest(peer, root, Some(response)),
+                Some(Pending::Chunk {
+                    root,
+                    idx,
+                    hash,
+                    len,
+                }) => self.on_chunk(peer, root, idx, hash, len, response),
+                None => {}
+            },
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => match self.pending.remove(&request_id) {
+                Some(Pending::Chunk { root, idx, .. }) => {
+                    tracing::debug!(%peer, %error, "chunk request failed");
+                    self.feed(root, Input::Failed { peer, chunk: idx });
+                }
+                Some(Pending::Manifest { root }) => self.on_manifest(peer, root, None),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_request(
+        &mut self,
+        peer: PeerId,
+        req: Request,
+        channel: ResponseChannel<Response>,
+    ) {
+        match req {
+            Request::Hello(h) => {
+                let info = self.peers.entry(peer).or_default();
+                for a in h.listen_addrs {
+                    if let Ok(a) = Multiaddr::try_from(a)
+                        && !info.addrs.contains(&a)
+                    {
+                        info.addrs.push(a);
+                    }
+                }
+                let reply = Response::Hello(self.hello_reply(peer));
+                let _ = self.swarm.behaviour_mut().rr.send_response(channel, reply);
+            }
+            Request::GetManifest { root } => {
+                let resp = match self.versions.get_mut(&root) {
+                    Some(Version {
+                        manifest: Some(m),
+                        manifest_bytes,
+                        ..
+                    }) => {
+                        let bytes = manifest_bytes.get_or_insert_with(|| Arc::new(m.encode()));
+                        Response::Manifest(bytes.to_vec())
+                    }
+                    _ => Response::NotFound,
+                };
+                let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
+            }
+            Request::GetChunk { hash } => {
+                let store = self.store.clone();
+                let source = self.seed.as_ref().map(|s| s.source.clone());
+                let tx = self.served_tx.clone();
+                let metrics = self.metrics.clone();
+                let faults = self.faults;
+                tokio::task::spawn_blocking(move || {
+                    if let Some(d) = faults.serve_delay {
+                        std::thread::sleep(d);
+                    }
+                    let read = match store.get(&hash) {
+                        Ok(Some(d)) => Ok(Some(d)),
+                        Ok(None) => match source {
+                            Some(s) => s.read(&hash).map_err(|e| e.to_string()),
+                            None => Ok(None),
+                        },
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let resp = match read {
+                        Ok(Some(mut d)) => {
+                            Metrics::add(&metrics.chunks_served, 1);
+                            Metrics::add(&metrics.bytes_served, d.len() as u64);
+                            if faults.corrupt_serve && !d.is_empty() {
+                                d[0] ^= 0xff;
+                            }
+                            Response::Chunk(d)
+                        }
+                        Ok(None) => Response::NotFound,
+                        Err(e) => {
+                            tracing::error!(%peer, chunk = %hash, error = %e, "cannot serve chunk");
+                            Response::Error(e)
+                        }
+                    };
+                    let _ = tx.blocking_send((channel, resp));
+                });
+            }
+        }
+    }
+
+    pub(super) fn hello_reply(&self, asker: PeerId) -> HelloReply {
+        let peers = self
+            .peers
+            .iter()
+            .filter(|(id, i)| **id != asker && i.connections > 0 && !i.addrs.is_empty())
+            .take(64)
+            .map(|(id, i)| PeerRecord {
+                id: id.to_bytes(),
+                addrs: i.addrs.iter().map(|a| a.to_vec()).collect(),
+            })
+            .collect();
+        let roots = self
+            .latest
+            .values()
+            .filter_map(|r| self.versions.get(r))
+            .map(|v| v.signed.clone())
+            .collect();
+        let complete = self
+            .versions
+            .iter()
+            .filter(|(_, v)| matches!(v.state, VState::Complete))
+            .map(|(r, _)| *r)
+            .collect();
+        HelloReply {
+            listen_addrs: self.hello().listen_addrs,
+            peers,
+            roots,
+            complete,
+        }
+    }
+
+    pub(super) fn on_hello_reply(&mut self, peer: PeerId, h: HelloReply) {
+        let me = *self.swarm.local_peer_id();
+        {
+            let info = self.peers.entry(peer).or_default();
+            for a in h
+                .listen_addrs
+                .iter()
+                .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+            {
+                if !info.addrs.contains(&a) {
+                    info.addrs.push(a);
+                }
+            }
+        }
+        let connected = self.swarm.connected_peers().count();
+        let mut budget = self.cfg.raw.max_peers.saturating_sub(connected);
+        for rec in h.peers {
+            let Ok(id) = PeerId::from_bytes(&rec.id) else {
+                continue;
+            };
+            if id == me || self.swarm.is_connected(&id) || budget == 0 {
+                continue;
+            }
+            let addrs: Vec<Multiaddr> = rec
+                .addrs
+                .into_iter()
+                .filter_map(|a| Multiaddr::try_from(a).ok())
+                .collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            budget -= 1;
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(id)
+                .addresses(addrs)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(peer = %id, error = %e, "peer-exchange dial failed");
+            }
+        }
+        for signed in h.roots {
+            self.offer_root(signed, Some(peer));
+        }
+        for root in h.complete {
+            self.mark_complete(peer, root);
+        }
+    }
+
+    pub(super) fn status(&self) -> Status {
+        let now = Instant::now();
+        let channels = self
+            .followed_channels()
+            .into_iter()
+            .map(|ch| {
+                let latest = self
+                    .latest
+                    .get(&ch)
+                    .and_then(|r| self.versions.get(r))
+                    .map(|v| {
+                        let total_chunks = v.chunks.len() as u64;
+                        let total_bytes: u64 = v.chunks.iter().map(|c| u64::from(c.len)).sum();
+                        let (chunks_done, bytes_done) = match (&v.state, &v.fetch) {
+                            (_, Some(f)) => {
+                                let p = f.progress();
+                                (u64::from(p.chunks_done), p.bytes_done)
+                            }
+                            (VState::Complete | VState::Materializing, None) => {
+                                (total_chunks, total_bytes)
+                            }
+                            _ => (0, 0),
+                        };
+                        VersionStatus {
+                            version: v.signed.version.clone(),
+                            root: v.signed.root.to_hex(),
+                            state: match v.state {
+                                VState::Manifest { .. } => "manifest",
+                                VState::Fetching => "fetching",
+                                VState::Materializing => "materializing",
+                                VState::Complete => "complete",
+                                VState::Failed { .. } => "failed",
+                            }
+                            .into(),
+                            chunks_done,
+                            chunks_total: total_chunks,
+                            bytes_done,
+                            bytes_total: total_bytes,
+                            bytes_fetched: v.bytes_fetched,
+                            bytes_reused: v.bytes_reused,
+                            elapsed_ms: v
+                                .finished
+                                .unwrap_or(now)
+                                .duration_since(v.started)
+                                .as_millis() as u64,
+                            complete_peers: v.complete_peers.len(),
+                            error: v.error.clone(),
+                        }
+                    });
+                ChannelStatus {
+                    current: materialize::current_version(&self.cfg.raw.data_dir, &ch),
+                    channel: ch,
+                    latest,
+                }
+            })
+            .collect();
+        Status {
+            role: if self.seed.is_some() { "seed" } else { "node" }.into(),
+            peer_id: self.swarm.local_peer_id().to_string(),
+            listen_addrs: self.swarm.listeners().map(|a| a.to_string()).collect(),
+            metrics_addr: self.metrics_addr.map(|a| a.to_string()),
+            peers: self
+                .swarm
+                .connected_peers()
+                .map(|p| PeerStatus {
+                    id: p.to_string(),
+                    addrs: self
+                        .peers
+                        .get(p)
+                        .map(|i| i.addrs.iter().map(|a| a.to_string()).collect())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            channels,
+            bytes_served: self.metrics.bytes_served.load(Relaxed),
+            bytes_fetched: self.metrics.bytes_fetched.load(Relaxed),
+            chunks_rejected: self.metrics.chunks_rejected.load(Relaxed),
+            roots_rejected: self.metrics.roots_rejected.load(Relaxed),
+        }
+    }
+}
