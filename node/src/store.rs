@@ -127,8 +127,10 @@ impl ChunkStore {
         (idx.len(), idx.values().map(|&l| u64::from(l)).sum())
     }
 
-    /// Stores a chunk after checking that `data` hashes to `hash`. Idempotent.
-    pub fn put(&self, hash: &Hash, data: &[u8]) -> Result<(), StoreError> {
+    /// Stores a chunk after checking that `data` hashes to `hash`. Idempotent:
+    /// returns `Ok(false)` when the chunk was already stored, `Ok(true)` when
+    /// this call wrote it.
+    pub fn put(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
         let actual = Hash::of(data);
         if actual != *hash {
             return Err(StoreError::HashMismatch {
@@ -137,7 +139,7 @@ impl ChunkStore {
             });
         }
         if self.contains(hash) {
-            return Ok(());
+            return Ok(false);
         }
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
@@ -147,7 +149,7 @@ impl ChunkStore {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result
+        result.map(|()| true)
     }
 
     fn write_new(&self, tmp: &Path, hash: &Hash, data: &[u8]) -> Result<(), StoreError> {
@@ -206,8 +208,11 @@ mod tests {
         let a = b"hello chunk".to_vec();
         let h = Hash::of(&a);
         assert!(!s.contains(&h));
-        s.put(&h, &a).unwrap();
-        s.put(&h, &a).unwrap();
+        assert!(s.put(&h, &a).unwrap());
+        assert!(
+            !s.put(&h, &a).unwrap(),
+            "second put of the same chunk writes nothing"
+        );
         assert_eq!(s.get(&h).unwrap().unwrap(), a);
         drop(s);
         let s = ChunkStore::open(dir.path(), true).unwrap();

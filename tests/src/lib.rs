@@ -35,7 +35,14 @@ pub fn syncnode_bin() -> PathBuf {
             .arg(&target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile != "debug" {
-            cmd.args(["--profile", if profile == "release" { "release" } else { &profile }]);
+            cmd.args([
+                "--profile",
+                if profile == "release" {
+                    "release"
+                } else {
+                    &profile
+                },
+            ]);
         }
         let status = cmd.status().expect("run cargo build for syncnode");
         assert!(status.success(), "building syncnode failed");

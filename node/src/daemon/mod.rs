@@ -98,7 +98,7 @@ struct Stored {
     idx: ChunkIdx,
     peer: PeerId,
     len: u32,
-    result: Result<(), StoreError>,
+    result: Result<bool, StoreError>,
 }
 
 #[derive(Default)]

@@ -232,7 +232,12 @@ impl Daemon {
                             (VState::Complete | VState::Materializing, None) => {
                                 (total_chunks, total_bytes)
                             }
-                            _ => (0, 0),
+                            // Failed or waiting: what the store holds is the truth.
+                            _ => v
+                                .chunks
+                                .iter()
+                                .filter(|c| self.store.contains(&c.hash))
+                                .fold((0, 0), |(n, b), c| (n + 1, b + u64::from(c.len))),
                         };
                         VersionStatus {
                             version: v.signed.version.clone(),

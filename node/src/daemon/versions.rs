@@ -220,10 +220,13 @@ impl Daemon {
             .filter(|(_, c)| self.store.contains(&c.hash))
             .map(|(i, _)| ChunkIdx(i as u32))
             .collect();
-        let reused: u64 = have
+        let held: u64 = have
             .iter()
             .map(|i| u64::from(chunks[i.0 as usize].len))
             .sum();
+        // On a retry after a failure, chunks this process fetched for the
+        // version are held but were not reused: fetched + reused == total.
+        let reused = held.saturating_sub(v.bytes_fetched);
         let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
         let config = FetchConfig {
             max_in_flight_per_peer: self.cfg.raw.max_in_flight_per_peer,
@@ -415,11 +418,15 @@ impl Daemon {
 
     pub(super) fn on_stored(&mut self, s: Stored) {
         match s.result {
-            Ok(()) => {
+            Ok(newly_stored) => {
                 Metrics::add(&self.metrics.chunks_verified, 1);
-                Metrics::add(&self.metrics.bytes_fetched, u64::from(s.len));
-                if let Some(v) = self.versions.get_mut(&s.root) {
-                    v.bytes_fetched += u64::from(s.len);
+                // A duplicate (endgame or a late answer after a retry) was
+                // verified but adds no new bytes to the store.
+                if newly_stored {
+                    Metrics::add(&self.metrics.bytes_fetched, u64::from(s.len));
+                    if let Some(v) = self.versions.get_mut(&s.root) {
+                        v.bytes_fetched += u64::from(s.len);
+                    }
                 }
                 self.feed(
                     s.root,
