@@ -1,6 +1,7 @@
 //! Fuzzes every decoder that reads bytes from the network or disk:
 //! `Manifest::decode`, `SignedRoot::decode` and `decode_frame`.
-//! Run with `cargo +nightly fuzz run manifest_decode` from `merkle/`.
+//! Run with `RUSTC_BOOTSTRAP=1 cargo fuzz run manifest_decode` from `merkle/`
+//! (or `cargo +nightly fuzz run manifest_decode` where a nightly toolchain exists).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
