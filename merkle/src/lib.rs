@@ -39,4 +39,6 @@ pub use manifest::{
     ManifestError, validate_name, validate_path,
 };
 pub use signed::{SIGNED_ROOT_CONTEXT, SignatureError, SignedRoot};
-pub use tree::{EMPTY_TAG, FILE_LEAF_TAG, NODE_TAG, Proof, empty_root, merkle_proof, merkle_root};
+pub use tree::{
+    EMPTY_TAG, FILE_LEAF_TAG, NODE_TAG, Proof, VERSION_TAG, empty_root, merkle_proof, merkle_root,
+};

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunker::{ChunkerConfig, ChunkerConfigError};
 use crate::file::ChunkRef;
 use crate::hash::Hash;
-use crate::tree::{FILE_LEAF_TAG, merkle_root};
+use crate::tree::{FILE_LEAF_TAG, VERSION_TAG, merkle_root};
 
 /// First four bytes of an encoded manifest.
 pub const MAGIC: [u8; 4] = *b"SNMF";
@@ -241,10 +241,29 @@ pub fn validate_path(path: &str) -> Result<(), ManifestError> {
 }
 
 impl Manifest {
-    /// Version root: [`merkle_root`] over one leaf per file
-    /// ([`FileEntry::leaf`]: `BLAKE3(0x02 || u32le(path.len) || path || u32le(mode) ||
-    /// u64le(size) || sha256 || file_root)`), files sorted by path. No files give `BLAKE3(0x00)`.
+    /// Version root: `BLAKE3(0x03 || u32le(channel.len) || channel ||
+    /// u32le(version.len) || version || files_root)`, where `files_root` is the
+    /// [`merkle_root`] over one leaf per file ([`FileEntry::leaf`]:
+    /// `BLAKE3(0x02 || u32le(path.len) || path || u32le(mode) || u64le(size) ||
+    /// sha256 || file_root)`), files sorted by path (no files: `BLAKE3(0x00)`).
+    ///
+    /// Binding the names makes the root a unique id of a published version:
+    /// the same content published as another version or in another channel
+    /// gets another root (its chunks are still shared, being addressed by hash).
     pub fn root(&self) -> Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(&[VERSION_TAG]);
+        for name in [&self.channel, &self.version] {
+            let len = u32::try_from(name.len()).unwrap_or(u32::MAX);
+            h.update(&len.to_le_bytes());
+            h.update(name.as_bytes());
+        }
+        h.update(&self.files_root().0);
+        h.finalize().into()
+    }
+
+    /// The Merkle root over the files alone (see [`Manifest::root`]).
+    pub fn files_root(&self) -> Hash {
         let mut files: Vec<&FileEntry> = self.files.iter().collect();
         if !files.is_sorted_by(|a, b| a.path <= b.path) {
             files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -554,8 +573,22 @@ mod tests {
         let mut forged = m.clone();
         forged.files[0].sha256[0] ^= 1;
         assert_ne!(forged.root(), m.root());
-        assert_eq!(m.root(), Hash::of(&buf));
-        assert_eq!(manifest(vec![]).root(), Hash::of(&[0]));
+        assert_eq!(m.files_root(), Hash::of(&buf));
+        let mut v = vec![3u8];
+        v.extend_from_slice(&5u32.to_le_bytes());
+        v.extend_from_slice(b"llama");
+        v.extend_from_slice(&2u32.to_le_bytes());
+        v.extend_from_slice(b"v1");
+        v.extend_from_slice(&Hash::of(&buf).0);
+        assert_eq!(m.root(), Hash::of(&v));
+        assert_eq!(manifest(vec![]).files_root(), Hash::of(&[0]));
+        // The same content under another version or channel name has another root.
+        let mut renamed = m.clone();
+        renamed.version = "v2".into();
+        assert_ne!(renamed.root(), m.root());
+        renamed.version = "v1".into();
+        renamed.channel = "other".into();
+        assert_ne!(renamed.root(), m.root());
         // Order of the list does not matter to root().
         let a = manifest(vec![entry("a", b"1"), entry("b", b"2")]);
         let b = manifest(vec![entry("b", b"2"), entry("a", b"1")]);

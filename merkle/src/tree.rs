@@ -20,6 +20,9 @@ pub const EMPTY_TAG: u8 = 0x00;
 pub const NODE_TAG: u8 = 0x01;
 /// Domain tag of a per-file leaf of a version root (see [`crate::Manifest::root`]).
 pub const FILE_LEAF_TAG: u8 = 0x02;
+/// Domain tag of a version root, which binds the files' tree to the channel
+/// and version names: `BLAKE3(VERSION_TAG || u32le(len) || channel || u32le(len) || version || files_root)`.
+pub const VERSION_TAG: u8 = 0x03;
 
 /// Root of a tree with no leaves: `BLAKE3(0x00)`.
 pub fn empty_root() -> Hash {

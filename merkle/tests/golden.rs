@@ -118,7 +118,7 @@ fn spec_example_vector() {
     );
     assert_eq!(
         m.root().to_hex(),
-        "265367db0bb3efb8559db550be0ce45eedc080f0995ad3baf51642bc5b8c24ba"
+        "1173cc1f9edb75dcac5de1ed81bba0ac4ed7db1f17a76d66108f7a0e756467e0"
     );
     let s = SignedRoot::sign(
         &SigningKey::from_bytes(&[1; 32]),
