@@ -217,6 +217,12 @@ impl Chunker {
         })
     }
 
+    /// Starts a new chunk here, as if a cut point had just been found.
+    pub fn reset(&mut self) {
+        self.pending = 0;
+        self.fp = 0;
+    }
+
     /// The config this chunker was built with.
     pub fn config(&self) -> &ChunkerConfig {
         &self.cfg

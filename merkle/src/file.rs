@@ -91,6 +91,23 @@ impl FileChunker {
         }
     }
 
+    /// Marks a natural boundary of the content at the current position (for
+    /// example the edge between two large tensors of a safetensors file): the
+    /// current chunk, if it holds any bytes, ends here and chunking restarts.
+    /// Cutting at such boundaries keeps a rewritten tensor from dragging chunks
+    /// of its unchanged neighbours into a delta. The caller picks which edges
+    /// are worth it: each boundary can leave one chunk shorter than
+    /// `min_size`, so mark edges between pieces of at least `min_size` bytes,
+    /// not around tiny tensors. The result depends only on the content and the
+    /// boundaries, never on how the input was sliced.
+    pub fn boundary(&mut self) {
+        let pending = self.chunker.pending();
+        if pending > 0 {
+            self.push_chunk(pending as u32);
+            self.chunker.reset();
+        }
+    }
+
     fn push_chunk(&mut self, len: u32) {
         let hash = Hash::from(self.chunk_hasher.finalize());
         self.chunk_hasher.reset();

@@ -68,3 +68,56 @@ fn insert_in_the_middle_changes_only_nearby_chunks() {
         assert!(shared(&before, &after) + 3 >= before.len());
     }
 }
+
+/// With `boundary()` at tensor edges, rewriting one tensor changes only the
+/// chunks inside it; without, chunks straddling its edges change too.
+#[test]
+fn tensor_boundaries_confine_a_rewrite() {
+    let cfg = ChunkerConfig {
+        min_size: 4096,
+        avg_size: 16384,
+        max_size: 65536,
+    };
+    let tensor = 300_000usize;
+    let mut tensors: Vec<Vec<u8>> = (0..8u64)
+        .map(|t| common::random_bytes(100 + t, tensor))
+        .collect();
+    let chunk = |tensors: &[Vec<u8>], hints: bool| {
+        let mut fc = FileChunker::new(cfg).unwrap();
+        for t in tensors {
+            if hints {
+                fc.boundary();
+            }
+            fc.update(t);
+        }
+        fc.finish().chunks
+    };
+    let before_h = chunk(&tensors, true);
+    let before_p = chunk(&tensors, false);
+    tensors[3] = common::random_bytes(999, tensor);
+    let after_h = chunk(&tensors, true);
+    let after_p = chunk(&tensors, false);
+    let new_bytes = |old: &[merkle::ChunkRef], new: &[merkle::ChunkRef]| -> u64 {
+        let known: std::collections::HashSet<_> = old.iter().map(|c| c.hash).collect();
+        new.iter()
+            .filter(|c| !known.contains(&c.hash))
+            .map(|c| u64::from(c.len))
+            .sum()
+    };
+    let with = new_bytes(&before_h, &after_h);
+    let without = new_bytes(&before_p, &after_p);
+    assert_eq!(
+        with, tensor as u64,
+        "with boundaries only the tensor itself is new"
+    );
+    assert!(
+        without > tensor as u64,
+        "without boundaries edges straddle: {without}"
+    );
+    // Every chunk still respects max_size, and the file is covered exactly.
+    assert!(after_h.iter().all(|c| c.len <= cfg.max_size));
+    assert_eq!(
+        after_h.iter().map(|c| u64::from(c.len)).sum::<u64>(),
+        8 * tensor as u64
+    );
+}

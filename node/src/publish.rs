@@ -122,20 +122,83 @@ fn list_files(root: &Path) -> Result<Vec<(String, PathBuf)>, PublishError> {
     Ok(out)
 }
 
+/// Offsets in a safetensors file where chunking should restart: the start of
+/// every tensor that follows a piece (the header or a tensor) and is itself
+/// at least `min_size` bytes, so a rewritten tensor moves only its own chunks.
+/// `None` when the file is not a well-formed safetensors file (plain
+/// content-defined chunking then applies).
+fn safetensors_boundaries(f: &mut fs::File, file_len: u64, min_size: u32) -> Option<Vec<u64>> {
+    let mut len_bytes = [0u8; 8];
+    f.read_exact_at(&mut len_bytes, 0).ok()?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > 100 << 20 || 8 + header_len > file_len {
+        return None;
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact_at(&mut header, 8).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let data_start = 8 + header_len;
+    let mut ranges: Vec<(u64, u64)> = json
+        .as_object()?
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, t)| {
+            let o = t.get("data_offsets")?.as_array()?;
+            Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?))
+        })
+        .filter(|(a, b)| a <= b && data_start + b <= file_len)
+        .collect();
+    ranges.sort_unstable();
+    let min = u64::from(min_size);
+    let mut prev_len = header_len.max(min); // the header counts as a large piece
+    let mut cuts = Vec::new();
+    for (start, end) in ranges {
+        let len = end - start;
+        if len >= min && prev_len >= min {
+            cuts.push(data_start + start);
+        }
+        prev_len = len;
+    }
+    cuts.dedup();
+    Some(cuts)
+}
+
 fn chunk_file(path: &Path, cfg: ChunkerConfig) -> Result<merkle::ChunkedFile, PublishError> {
     let err = |source| PublishError::Io {
         path: path.to_owned(),
         source,
     };
     let mut f = fs::File::open(path).map_err(err)?;
+    let file_len = f.metadata().map_err(err)?.len();
+    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    let cuts = if is_safetensors {
+        safetensors_boundaries(&mut f, file_len, cfg.min_size).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut cuts = cuts.into_iter().peekable();
     let mut fc = FileChunker::new(cfg).expect("chunker config validated by caller");
     let mut buf = vec![0u8; 4 << 20];
+    let mut offset = 0u64;
     loop {
         let n = f.read(&mut buf).map_err(err)?;
         if n == 0 {
             break;
         }
-        fc.update(&buf[..n]);
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            // Feed up to the next tensor boundary, then mark it.
+            let until = cuts.peek().map_or(u64::MAX, |&c| c.saturating_sub(offset));
+            let take = (data.len() as u64).min(until) as usize;
+            if take == 0 {
+                fc.boundary();
+                cuts.next();
+                continue;
+            }
+            fc.update(&data[..take]);
+            data = &data[take..];
+            offset += take as u64;
+        }
     }
     Ok(fc.finish())
 }
@@ -254,6 +317,56 @@ mod tests {
         // Editing the source in place is detected when serving.
         fs::write(dir.path().join("sub/model.bin"), vec![0u8; 300_000]).unwrap();
         assert!(idx.read(&first.hash).is_err());
+    }
+
+    /// Rewriting a quarter of a safetensors file's tensors moves only those
+    /// tensors' bytes (plus at most a chunk per edited edge of the header),
+    /// because chunking restarts at tensor boundaries.
+    #[test]
+    fn safetensors_delta_is_confined_to_rewritten_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v1, v2) = (dir.path().join("v1"), dir.path().join("v2"));
+        let size = 8 << 20;
+        crate::checkpoint::write_v1(&v1, size, 3).unwrap();
+        crate::checkpoint::copy_tree(&v1, &v2).unwrap();
+        crate::checkpoint::edit_to_v2(&v2, size, 3).unwrap();
+        let cfg = ChunkerConfig::default();
+        let (m1, _) = scan(&v1, "c", "v1", 0, cfg).unwrap();
+        let (m2, _) = scan(&v2, "c", "v2", 0, cfg).unwrap();
+        let file = |m: &Manifest| {
+            m.files
+                .iter()
+                .find(|f| f.path == "model.safetensors")
+                .unwrap()
+                .clone()
+        };
+        let (f1, f2) = (file(&m1), file(&m2));
+        let old: std::collections::HashSet<Hash> = f1.chunks.iter().map(|c| c.hash).collect();
+        let new_bytes: u64 = f2
+            .chunks
+            .iter()
+            .filter(|c| !old.contains(&c.hash))
+            .map(|c| u64::from(c.len))
+            .sum();
+        let shape = crate::checkpoint::Shape::of_size(size);
+        let rewritten = (shape.tensors / 4 * shape.tensor_bytes) as u64;
+        assert_eq!(new_bytes, rewritten, "only the rewritten tensors are new");
+        // Plain content-defined chunking of the same bytes would move more.
+        let plain = |path: &Path| {
+            let mut fc = FileChunker::new(cfg).unwrap();
+            fc.update(&fs::read(path).unwrap());
+            fc.finish().chunks
+        };
+        let p1: std::collections::HashSet<Hash> = plain(&v1.join("model.safetensors"))
+            .iter()
+            .map(|c| c.hash)
+            .collect();
+        let plain_new: u64 = plain(&v2.join("model.safetensors"))
+            .iter()
+            .filter(|c| !p1.contains(&c.hash))
+            .map(|c| u64::from(c.len))
+            .sum();
+        assert!(plain_new > new_bytes, "{plain_new} vs {new_bytes}");
     }
 
     #[test]

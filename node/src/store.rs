@@ -149,10 +149,10 @@ impl ChunkStore {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map(|()| true)
+        result
     }
 
-    fn write_new(&self, tmp: &Path, hash: &Hash, data: &[u8]) -> Result<(), StoreError> {
+    fn write_new(&self, tmp: &Path, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
         let mut f = fs::File::create(tmp).map_err(io("create", tmp))?;
         f.write_all(data).map_err(io("write", tmp))?;
         if self.fsync {
@@ -163,11 +163,15 @@ impl ChunkStore {
         let shard = dest.parent().expect("chunk path has a shard folder");
         fs::create_dir_all(shard).map_err(io("create", shard))?;
         fs::rename(tmp, &dest).map_err(io("rename", &dest))?;
-        self.index
+        // Two writers of the same chunk may race (an endgame duplicate): both
+        // renames install identical bytes; only the first insert counts as new.
+        let fresh = self
+            .index
             .write()
             .expect("index lock")
-            .insert(*hash, data.len() as u32);
-        Ok(())
+            .insert(*hash, data.len() as u32)
+            .is_none();
+        Ok(fresh)
     }
 
     /// Reads a chunk and re-verifies it. `Ok(None)` if it is not stored.
@@ -254,5 +258,29 @@ mod tests {
         assert!(matches!(s.get(&h), Err(StoreError::Corrupt(_))));
         assert!(!s.contains(&h));
         assert!(!s.path_of(&h).exists());
+    }
+}
+
+#[cfg(test)]
+mod race {
+    use super::*;
+
+    /// Concurrent puts of one chunk: exactly one reports it as newly stored.
+    #[test]
+    fn concurrent_puts_count_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ChunkStore::open(dir.path(), false).unwrap();
+        for round in 0..20u32 {
+            let data = round.to_le_bytes().repeat(5000);
+            let h = Hash::of(&data);
+            let fresh: usize = std::thread::scope(|sc| {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| sc.spawn(|| s.put(&h, &data).unwrap()))
+                    .collect();
+                hs.into_iter().map(|t| usize::from(t.join().unwrap())).sum()
+            });
+            assert_eq!(fresh, 1, "round {round}");
+            assert_eq!(s.get(&h).unwrap().unwrap(), data);
+        }
     }
 }

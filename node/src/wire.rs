@@ -35,13 +35,34 @@ pub enum Request {
         /// The chunk's BLAKE3 hash.
         hash: Hash,
     },
+    /// Availability: the sender holds these chunks of a version (indices into
+    /// the manifest's `unique_chunks()`), or all of them.
+    Have(Have),
 }
+
+/// Body of [`Request::Have`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Have {
+    /// The version root.
+    pub root: Hash,
+    /// The sender holds every chunk of the version.
+    pub all: bool,
+    /// Chunk indices newly held (at most [`MAX_HAVE_INDICES`] per message).
+    pub chunks: Vec<u32>,
+}
+
+/// Most chunk indices in one `Have` message (keeps it well under [`MAX_REQUEST`]).
+pub const MAX_HAVE_INDICES: usize = 8192;
 
 /// What a node says about itself in `Hello`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Hello {
     /// Our listen addresses (multiaddr bytes).
     pub listen_addrs: Vec<Vec<u8>>,
+    /// Our topology labels (region, zone, rack, host), sorted by key.
+    pub labels: Vec<(String, String)>,
+    /// We are a publisher (`syncnode seed`): the origin of our versions.
+    pub seeding: bool,
 }
 
 /// A peer known to the replier.
@@ -79,12 +100,16 @@ pub enum Response {
     NotFound,
     /// The replier failed; the text says why.
     Error(String),
+    /// Acknowledges a `Have`.
+    Ack,
 }
 
 mod tag {
     pub const HELLO: u8 = 1;
     pub const GET_MANIFEST: u8 = 2;
     pub const GET_CHUNK: u8 = 3;
+    pub const HAVE: u8 = 4;
+    pub const ACK: u8 = 6;
     pub const MANIFEST: u8 = 2;
     pub const CHUNK: u8 = 3;
     pub const NOT_FOUND: u8 = 4;
@@ -113,6 +138,11 @@ impl Request {
             }
             Request::GetManifest { root } => [&[tag::GET_MANIFEST][..], &root.0].concat(),
             Request::GetChunk { hash } => [&[tag::GET_CHUNK][..], &hash.0].concat(),
+            Request::Have(h) => {
+                let mut v = vec![tag::HAVE];
+                v.extend(postcard::to_stdvec(h).expect("postcard encodes to a Vec"));
+                v
+            }
         }
     }
 
@@ -131,6 +161,17 @@ impl Request {
             tag::GET_CHUNK => Ok(Request::GetChunk {
                 hash: hash_at(body)?,
             }),
+            tag::HAVE => {
+                let h: Have =
+                    postcard::from_bytes(body).map_err(|e| invalid(format!("bad have: {e}")))?;
+                if h.chunks.len() > MAX_HAVE_INDICES {
+                    return Err(invalid(format!(
+                        "have lists {} chunks, more than {MAX_HAVE_INDICES}",
+                        h.chunks.len()
+                    )));
+                }
+                Ok(Request::Have(h))
+            }
             t => Err(invalid(format!("unknown request tag {t}"))),
         }
     }
@@ -149,6 +190,7 @@ impl Response {
             Response::Chunk(b) => (tag::CHUNK, b),
             Response::NotFound => (tag::NOT_FOUND, &[]),
             Response::Error(s) => (tag::ERROR, s.as_bytes()),
+            Response::Ack => (tag::ACK, &[]),
         };
         let mut v = Vec::with_capacity(1 + body.len());
         v.push(t);
@@ -177,6 +219,7 @@ impl Response {
             tag::ERROR => Ok(Response::Error(
                 String::from_utf8_lossy(&payload[1..]).into_owned(),
             )),
+            tag::ACK => Ok(Response::Ack),
             t => Err(invalid(format!("unknown response tag {t}"))),
         }
     }
@@ -283,9 +326,16 @@ mod tests {
         for r in [
             Request::Hello(Hello {
                 listen_addrs: vec![vec![1, 2]],
+                labels: vec![("rack".into(), "r1".into())],
+                seeding: true,
             }),
             Request::GetManifest { root: h },
             Request::GetChunk { hash: h },
+            Request::Have(Have {
+                root: h,
+                all: false,
+                chunks: vec![0, 7, 4096],
+            }),
         ] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
@@ -295,6 +345,7 @@ mod tests {
             Response::Chunk(vec![9; 100]),
             Response::NotFound,
             Response::Error("disk".into()),
+            Response::Ack,
         ] {
             assert_eq!(Response::decode(r.encode()).unwrap(), r);
         }

@@ -9,19 +9,24 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use crate::ChunkIdx;
-use crate::peer::PeerState;
-use crate::policy::{Candidate, SelectionPolicy, TieredRandom};
+use crate::peer::{FAR, PeerState};
+use crate::policy::{SelectionPolicy, TieredRandom};
 use crate::rng::SplitMix64;
+
+mod invariants;
+mod sched;
 
 /// Tunables of one [`Fetch`].
 #[derive(Clone, Debug)]
 pub struct FetchConfig {
-    /// Requests outstanding to one peer at most (default 8). Values below 1 are treated as 1.
+    /// Requests outstanding to one peer at most (default 8), whatever its
+    /// measured rate. Values below 1 are treated as 1.
     pub max_in_flight_per_peer: usize,
     /// Requests outstanding in total at most (default 64). Values below 1 are treated as 1.
     pub max_in_flight_total: usize,
-    /// How long a request may stay unanswered (default 10 s); a timed-out
-    /// request is retried elsewhere.
+    /// How long a request may stay unanswered at least (default 10 s); a
+    /// timed-out request is retried elsewhere. Once a peer's rate is measured
+    /// its timeout is `max(request_timeout, 4 × (in_flight + 1) × len / rate)`.
     pub request_timeout: Duration,
     /// After a peer says it lacks a chunk (or fails, times out or sends it
     /// corrupt), do not ask it again for that chunk for this long (default 1 s;
@@ -29,9 +34,27 @@ pub struct FetchConfig {
     pub lack_ttl: Duration,
     /// Corrupt chunks from one peer before it is banned for this fetch (default 3).
     pub max_strikes: u32,
-    /// Prefer non-origin peers that may hold a chunk; the origin is used when
-    /// no other candidate is free (default true).
+    /// Offload the origin (default true): the origin is asked only for chunks
+    /// that no connected non-origin peer announced (or whose every announcing
+    /// peer is marked as lacking it), and ranks below every other candidate.
+    /// When false the origin ranks like any holder of every chunk.
     pub origin_last: bool,
+    /// Requests outstanding to one peer at least (default 2): the cap before the
+    /// peer's rate is measured, and its floor afterwards. Clamped to
+    /// `1..=max_in_flight_per_peer`.
+    pub min_in_flight_per_peer: usize,
+    /// Per-peer pipeline depth in time (default 250 ms): a peer's cap is
+    /// `clamp(rate × target_queue / mean chunk length, min, max)`.
+    pub target_queue: Duration,
+    /// How long a chunk that no peer at distance ≤ 1 holds waits for the rack
+    /// member responsible for it before this node fetches it from farther away
+    /// (default 2 s), counted from when the chunk first had a source.
+    pub remote_wait: Duration,
+    /// Duplicate in-flight requests to other free holders once every chunk is
+    /// done or in flight (default true).
+    pub endgame: bool,
+    /// Requests outstanding per chunk at most during the endgame (default 2).
+    pub endgame_max_dup: usize,
 }
 
 impl Default for FetchConfig {
@@ -43,6 +66,11 @@ impl Default for FetchConfig {
             lack_ttl: Duration::from_secs(1),
             max_strikes: 3,
             origin_last: true,
+            min_in_flight_per_peer: 2,
+            target_queue: Duration::from_millis(250),
+            remote_wait: Duration::from_secs(2),
+            endgame: true,
+            endgame_max_dup: 2,
         }
     }
 }
@@ -108,6 +136,27 @@ pub enum Input<P> {
         /// The chunk.
         chunk: ChunkIdx,
     },
+    /// How far `peer` is: 0 same host, 1 same rack, 2 same zone, 3 same
+    /// region, 4 elsewhere (larger values count as 4). Peers without topology
+    /// are at 4. Nearer holders are preferred.
+    PeerTopology {
+        /// The peer.
+        peer: P,
+        /// Its distance.
+        distance: u8,
+    },
+    /// This node is member `rank` of the `size` nodes of its rack (default
+    /// rank 0 of 1). A chunk that no peer at distance ≤ 1 holds is fetched
+    /// from farther away only by its responsible member
+    /// ([`responsible_rank`]`(chunk, size) == rank`), by others after
+    /// [`FetchConfig::remote_wait`], or at once when this node has nothing in
+    /// flight.
+    LocalGroup {
+        /// This node's rank in its rack, `0..size`.
+        rank: u32,
+        /// Nodes in the rack (0 counts as 1).
+        size: u32,
+    },
 }
 
 /// What the driver should do next.
@@ -160,20 +209,58 @@ pub struct Progress {
     pub in_flight: usize,
 }
 
+/// One outstanding request for a chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outstanding<P> {
+    /// The peer that was asked.
+    pub peer: P,
+    /// When [`Fetch::poll_action`] emitted the request.
+    pub sent: Instant,
+    /// When the request times out.
+    pub deadline: Instant,
+}
+
 /// The state of one chunk: exactly one of these at any time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChunkState<P> {
     /// Not present and not requested.
     Needed,
-    /// Requested from `peer`; the request expires at `deadline`.
+    /// Requested from one peer, or (endgame) from up to
+    /// [`FetchConfig::endgame_max_dup`] distinct peers; never empty.
     InFlight {
-        /// The peer that was asked.
-        peer: P,
-        /// When the request times out.
-        deadline: Instant,
+        /// The outstanding requests, oldest first.
+        peers: Vec<Outstanding<P>>,
     },
     /// Verified or already present.
     Done,
+}
+
+/// What a fetch has measured about one peer ([`Fetch::peer_stats`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PeerStats {
+    /// EWMA of the delivery rate in bytes/s; `None` until a chunk arrived.
+    pub rate_bps: Option<f64>,
+    /// EWMA of request -> answer time; `None` until an answer arrived.
+    pub rtt: Option<Duration>,
+    /// Requests outstanding to the peer.
+    pub in_flight: usize,
+    /// Its current in-flight cap.
+    pub cap: usize,
+    /// Corrupt chunks received from it.
+    pub strikes: u32,
+    /// Its network distance (0..=4).
+    pub distance: u8,
+}
+
+/// The rack member responsible for bringing `chunk` into a rack of `size`
+/// nodes: `hash(chunk index) % size`. A fixed hash (not seeded), so every
+/// member of the rack agrees.
+pub fn responsible_rank(chunk: ChunkIdx, size: u32) -> u32 {
+    let mut z = u64::from(chunk.0).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z % u64::from(size.max(1))) as u32
 }
 
 /// [`Action::Penalise`] reason for a chunk that failed verification.
@@ -187,16 +274,34 @@ pub const REASON_CORRUPT: &str = "corrupt chunk";
 pub struct Fetch<P> {
     config: FetchConfig,
     lens: Vec<u32>,
+    /// Mean chunk length in bytes (at least 1), for per-peer caps.
+    mean_len: f64,
     states: Vec<ChunkState<P>>,
-    /// Chunk -> its rank in the seeded request order.
+    /// Chunk -> its seeded random tie-break rank.
     rank_of: Vec<u32>,
     /// Rank -> chunk (inverse of `rank_of`).
     by_rank: Vec<ChunkIdx>,
-    /// Ranks of the `Needed` chunks.
-    needed: BTreeSet<u32>,
-    /// `(deadline, chunk)` of every `InFlight` chunk.
-    deadlines: BTreeSet<(Instant, ChunkIdx)>,
-    peers: BTreeMap<P, PeerState>,
+    /// Per chunk not `Done`: slots of the counted peers (connected, unbanned,
+    /// non-origin) that announced it. Empty for `Done` chunks.
+    holders: Vec<Vec<u32>>,
+    /// Per chunk not `Done`: how many of `holders` are at distance ≤ 1.
+    near: Vec<u32>,
+    /// Per chunk: when it first had a source (a holder or a connected origin).
+    fetchable_since: Vec<Option<Instant>>,
+    /// `(availability, rank)` of the `Needed` chunks: rarest first, seeded ties.
+    needed: BTreeSet<(u32, u32)>,
+    /// `(deadline, chunk, slot)` of every outstanding request.
+    deadlines: BTreeSet<(Instant, ChunkIdx, u32)>,
+    /// Peer state by slot; a slot is never reused within a fetch.
+    peers: Vec<PeerState<P>>,
+    slot_of: BTreeMap<P, u32>,
+    /// Slots of usable non-origin peers that never announced anything.
+    unknown: BTreeSet<u32>,
+    /// Slots of usable origins.
+    origins: BTreeSet<u32>,
+    local_rank: u32,
+    local_size: u32,
+    /// Outstanding requests (endgame duplicates included).
     in_flight: usize,
     chunks_done: u32,
     bytes_done: u64,
@@ -207,6 +312,9 @@ pub struct Fetch<P> {
     complete_emitted: bool,
     /// Something changed since the last scan that found nothing to request.
     rescan: bool,
+    /// When a chunk held only far away stops waiting for its rack's
+    /// responsible member (computed by the last full scan).
+    remote_wakeup: Option<Instant>,
     rng: SplitMix64,
     policy: Box<dyn SelectionPolicy>,
 }
@@ -228,7 +336,7 @@ where
 {
     /// A fetch of the chunks whose byte lengths are `chunk_lens` (`chunk_lens[i]`
     /// is the length of `ChunkIdx(i)`), with the default [`TieredRandom`] policy.
-    /// `seed` drives the request order and random tie-breaks.
+    /// `seed` drives the tie-break order and random tie-breaks.
     ///
     /// # Panics
     /// If there are more than `u32::MAX` chunks.
@@ -249,6 +357,10 @@ where
         let n = u32::try_from(chunk_lens.len()).expect("at most u32::MAX chunks");
         config.max_in_flight_per_peer = config.max_in_flight_per_peer.max(1);
         config.max_in_flight_total = config.max_in_flight_total.max(1);
+        config.min_in_flight_per_peer = config
+            .min_in_flight_per_peer
+            .clamp(1, config.max_in_flight_per_peer);
+        config.endgame_max_dup = config.endgame_max_dup.max(1);
         let mut rng = SplitMix64::new(seed);
         let mut by_rank: Vec<ChunkIdx> = (0..n).map(ChunkIdx).collect();
         rng.shuffle(&mut by_rank);
@@ -256,22 +368,33 @@ where
         for (rank, c) in by_rank.iter().enumerate() {
             rank_of[c.0 as usize] = rank as u32;
         }
+        let bytes_total: u64 = chunk_lens.iter().map(|l| u64::from(*l)).sum();
         let mut fetch = Self {
             config,
-            bytes_total: chunk_lens.iter().map(|l| u64::from(*l)).sum(),
+            mean_len: (bytes_total as f64 / f64::from(n.max(1))).max(1.0),
+            bytes_total,
             states: vec![ChunkState::Needed; chunk_lens.len()],
+            holders: vec![Vec::new(); chunk_lens.len()],
+            near: vec![0; chunk_lens.len()],
+            fetchable_since: vec![None; chunk_lens.len()],
             lens: chunk_lens,
             rank_of,
             by_rank,
-            needed: (0..n).collect(),
+            needed: (0..n).map(|r| (0, r)).collect(),
             deadlines: BTreeSet::new(),
-            peers: BTreeMap::new(),
+            peers: Vec::new(),
+            slot_of: BTreeMap::new(),
+            unknown: BTreeSet::new(),
+            origins: BTreeSet::new(),
+            local_rank: 0,
+            local_size: 1,
             in_flight: 0,
             chunks_done: 0,
             bytes_done: 0,
             actions: VecDeque::new(),
             complete_emitted: false,
             rescan: true,
+            remote_wakeup: None,
             rng,
             policy,
         };
@@ -284,29 +407,31 @@ where
         self.rescan = true;
         match input {
             Input::PeerConnected { peer, origin } => {
-                let st = self.peers.entry(peer).or_default();
-                st.connected = true;
-                st.origin = origin;
+                let s = self.slot(peer);
+                self.peers[s as usize].connected = true;
+                self.peers[s as usize].origin = origin;
+                self.sync_counted(s, now);
             }
-            Input::PeerDisconnected { peer } => self.on_disconnect(&peer),
-            Input::PeerHasAll { peer } => self.peers.entry(peer).or_default().has_all = true,
-            Input::PeerHas { peer, chunks } => {
-                let n = self.states.len();
-                let st = self.peers.entry(peer).or_default();
-                for c in chunks.into_iter().filter(|c| (c.0 as usize) < n) {
-                    st.has.insert(c);
-                    st.lacks.remove(&c);
-                }
-            }
+            Input::PeerDisconnected { peer } => self.on_disconnect(now, &peer),
+            Input::PeerHasAll { peer } => self.on_has_all(now, peer),
+            Input::PeerHas { peer, chunks } => self.on_has(now, peer, chunks),
             Input::AlreadyHave { chunks } => {
                 for c in chunks {
                     self.mark_done(c, None);
                 }
             }
-            Input::Verified { peer, chunk } => self.on_verified(peer, chunk),
+            Input::Verified { peer, chunk } => self.on_verified(now, peer, chunk),
             Input::Rejected { peer, chunk } => self.on_rejected(now, peer, chunk),
             Input::NotFound { peer, chunk } => self.on_not_found(now, peer, chunk),
             Input::Failed { peer, chunk } => self.on_failed(now, peer, chunk),
+            Input::PeerTopology { peer, distance } => {
+                let s = self.slot(peer);
+                self.set_distance(s, distance.min(FAR));
+            }
+            Input::LocalGroup { rank, size } => {
+                self.local_size = size.max(1);
+                self.local_rank = rank;
+            }
         }
     }
 
@@ -316,22 +441,23 @@ where
     /// expired lack marks.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.rescan = true;
-        while let Some(&(deadline, chunk)) = self.deadlines.first() {
+        if self.remote_wakeup.is_some_and(|t| t <= now) {
+            self.remote_wakeup = None;
+        }
+        while let Some(&(deadline, chunk, s)) = self.deadlines.first() {
             if deadline > now {
                 break;
             }
-            let Some(peer) = self.release(chunk) else {
-                unreachable!("deadline for a chunk not in flight");
-            };
+            self.take_request(chunk, s);
             let until = now + self.config.lack_ttl;
-            if let Some(st) = self.peers.get_mut(&peer) {
-                st.timeouts += 1;
-                st.suspect = true;
-                st.mark_lack(chunk, until);
-            }
+            let st = &mut self.peers[s as usize];
+            st.timeouts += 1;
+            st.suspect = true;
+            st.mark_lack(chunk, until);
+            let peer = st.id.clone();
             self.actions.push_back(Action::Cancel { peer, chunk });
         }
-        for st in self.peers.values_mut() {
+        for st in &mut self.peers {
             st.lacks.retain(|_, until| *until > now);
         }
     }
@@ -346,22 +472,21 @@ where
     }
 
     /// The earliest instant at which [`handle_timeout`](Self::handle_timeout)
-    /// should be called: the first request deadline, or the first lack-mark
-    /// expiry (of a usable peer, for a needed chunk) that could unblock a chunk.
+    /// should be called: the first request deadline, the first lack-mark
+    /// expiry (of a usable peer, for a needed chunk) that could unblock a
+    /// chunk, or the end of a chunk's wait for its rack's responsible member.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let deadline = self.deadlines.first().map(|(d, _)| *d);
+        let deadline = self.deadlines.first().map(|(d, _, _)| *d);
         let lack = self
             .peers
-            .values()
+            .iter()
             .filter(|st| st.usable())
             .flat_map(|st| st.lacks.iter())
             .filter(|(c, _)| self.states[c.0 as usize] == ChunkState::Needed)
             .map(|(_, until)| *until)
             .min();
-        match (deadline, lack) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let remote = self.remote_wakeup.filter(|_| !self.needed.is_empty());
+        [deadline, lack, remote].into_iter().flatten().min()
     }
 
     /// Every chunk is verified or was already present.
@@ -369,7 +494,8 @@ where
         self.chunks_done as usize == self.states.len()
     }
 
-    /// Chunks and bytes done and total, and requests in flight.
+    /// Chunks and bytes done and total, and requests in flight (endgame
+    /// duplicates included).
     pub fn progress(&self) -> Progress {
         Progress {
             chunks_done: self.chunks_done,
@@ -387,186 +513,63 @@ where
 
     /// Requests currently outstanding to `peer`.
     pub fn in_flight_to(&self, peer: &P) -> usize {
-        self.peers.get(peer).map_or(0, |st| st.in_flight.len())
+        self.peer(peer).map_or(0, |st| st.in_flight.len())
     }
 
     /// The peer was banned during this fetch.
     pub fn is_banned(&self, peer: &P) -> bool {
-        self.peers.get(peer).is_some_and(|st| st.banned)
+        self.peer(peer).is_some_and(|st| st.banned)
     }
 
-    /// The configuration in use (in-flight caps clamped to at least 1).
+    /// What this fetch measured about `peer`, or `None` if it never heard of it.
+    pub fn peer_stats(&self, peer: &P) -> Option<PeerStats> {
+        let st = self.peer(peer)?;
+        Some(PeerStats {
+            rate_bps: st.rate_bps,
+            rtt: st.rtt,
+            in_flight: st.in_flight.len(),
+            cap: self.cap(st),
+            strikes: st.strikes,
+            distance: st.distance,
+        })
+    }
+
+    /// How many connected, unbanned, non-origin peers announced `chunk`
+    /// (0 once it is done, or out of range).
+    pub fn availability(&self, chunk: ChunkIdx) -> u32 {
+        self.holders
+            .get(chunk.0 as usize)
+            .map_or(0, |h| h.len() as u32)
+    }
+
+    /// The configuration in use (caps clamped as documented).
     pub fn config(&self) -> &FetchConfig {
         &self.config
     }
 
-    /// Asserts the invariants written down in `swarm/STATE.md` (with
-    /// `debug_assert!`, so it is free in release builds). O(chunks + peers);
-    /// meant for tests.
-    pub fn check_invariants(&self) {
-        let mut in_flight = 0;
-        let mut done = 0u32;
-        let mut bytes = 0u64;
-        for (i, state) in self.states.iter().enumerate() {
-            let c = ChunkIdx(i as u32);
-            let is_needed = self.needed.contains(&self.rank_of[i]);
-            debug_assert_eq!(self.by_rank[self.rank_of[i] as usize], c);
-            match state {
-                ChunkState::Needed => debug_assert!(is_needed, "{c:?} Needed but not queued"),
-                ChunkState::InFlight { peer, deadline } => {
-                    in_flight += 1;
-                    debug_assert!(!is_needed, "{c:?} InFlight and queued");
-                    debug_assert!(self.deadlines.contains(&(*deadline, c)));
-                    let st = self.peers.get(peer);
-                    debug_assert!(st.is_some_and(|st| st.in_flight.contains(&c)));
-                    debug_assert!(st.is_some_and(PeerState::usable), "{peer:?} unusable");
-                }
-                ChunkState::Done => {
-                    debug_assert!(!is_needed, "{c:?} Done and queued");
-                    done += 1;
-                    bytes += u64::from(self.lens[i]);
-                }
-            }
-        }
-        debug_assert_eq!(
-            self.needed.len() + in_flight + done as usize,
-            self.states.len()
-        );
-        debug_assert_eq!(in_flight, self.in_flight);
-        debug_assert_eq!(in_flight, self.deadlines.len());
-        debug_assert_eq!(done, self.chunks_done);
-        debug_assert_eq!(bytes, self.bytes_done);
-        debug_assert!(self.in_flight <= self.config.max_in_flight_total);
-        let per_peer: usize = self.peers.values().map(|st| st.in_flight.len()).sum();
-        debug_assert_eq!(per_peer, self.in_flight);
-        for (peer, st) in &self.peers {
-            debug_assert!(st.in_flight.len() <= self.config.max_in_flight_per_peer);
-            for c in &st.in_flight {
-                debug_assert!(
-                    matches!(&self.states[c.0 as usize], ChunkState::InFlight { peer: p, .. } if p == peer),
-                    "{peer:?} lists {c:?} which is not in flight to it"
-                );
-            }
-            debug_assert!(!st.banned || st.strikes >= self.config.max_strikes);
-        }
-        debug_assert!(!self.complete_emitted || self.is_complete());
-        debug_assert!(!self.is_complete() || self.complete_emitted);
+    fn peer(&self, peer: &P) -> Option<&PeerState<P>> {
+        self.slot_of.get(peer).map(|s| &self.peers[*s as usize])
     }
 
-    fn schedule(&mut self, now: Instant) -> Option<Action<P>> {
-        if !self.rescan || self.needed.is_empty() {
-            return None;
+    /// The slot of `peer`, created on first sight.
+    fn slot(&mut self, peer: P) -> u32 {
+        if let Some(s) = self.slot_of.get(&peer) {
+            return *s;
         }
-        let cap = self.config.max_in_flight_per_peer;
-        let free: Vec<&P> = if self.in_flight < self.config.max_in_flight_total {
-            self.peers
-                .iter()
-                .filter(|(_, st)| st.free(cap))
-                .map(|(p, _)| p)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut pick = None;
-        let mut cands = Vec::new();
-        let mut cand_peers = Vec::new();
-        for &rank in &self.needed {
-            if free.is_empty() {
-                break;
-            }
-            let chunk = self.by_rank[rank as usize];
-            cands.clear();
-            cand_peers.clear();
-            for &p in &free {
-                let st = &self.peers[p];
-                if !st.lacks(chunk, now) {
-                    cands.push(Candidate {
-                        tier: st.tier(chunk, self.config.origin_last),
-                        in_flight: st.in_flight.len(),
-                    });
-                    cand_peers.push(p);
-                }
-            }
-            if cands.is_empty() {
-                continue;
-            }
-            let choice = self.policy.pick_peer(chunk, &cands, &mut self.rng);
-            if let Some(&peer) = choice.and_then(|i| cand_peers.get(i)) {
-                pick = Some((chunk, peer.clone()));
-                break;
-            }
-        }
-        let Some((chunk, peer)) = pick else {
-            self.rescan = false;
-            return None;
-        };
-        self.assign(now, chunk, peer.clone());
-        Some(Action::Request { peer, chunk })
+        let s = self.peers.len() as u32;
+        self.peers.push(PeerState::new(peer.clone()));
+        self.slot_of.insert(peer, s);
+        s
     }
 
-    fn assign(&mut self, now: Instant, chunk: ChunkIdx, peer: P) {
-        let i = chunk.0 as usize;
-        debug_assert_eq!(self.states[i], ChunkState::Needed);
-        let deadline = now + self.config.request_timeout;
-        self.needed.remove(&self.rank_of[i]);
-        self.deadlines.insert((deadline, chunk));
-        self.peers
-            .get_mut(&peer)
-            .expect("candidate peers exist")
-            .in_flight
-            .insert(chunk);
-        self.in_flight += 1;
-        self.states[i] = ChunkState::InFlight { peer, deadline };
-    }
-
-    /// Removes the in-flight bookkeeping of `chunk`, leaving it in `next`
-    /// state's hands; returns the peer it was in flight to.
-    fn take_in_flight(&mut self, chunk: ChunkIdx, next: ChunkState<P>) -> Option<P> {
-        let i = chunk.0 as usize;
-        if !matches!(self.states[i], ChunkState::InFlight { .. }) {
-            return None;
-        }
-        let ChunkState::InFlight { peer, deadline } = std::mem::replace(&mut self.states[i], next)
-        else {
-            unreachable!()
-        };
-        self.deadlines.remove(&(deadline, chunk));
-        if let Some(st) = self.peers.get_mut(&peer) {
-            st.in_flight.remove(&chunk);
-        }
-        self.in_flight -= 1;
-        Some(peer)
-    }
-
-    /// Returns an in-flight chunk to `Needed`; returns the peer it was in flight to.
-    fn release(&mut self, chunk: ChunkIdx) -> Option<P> {
-        let peer = self.take_in_flight(chunk, ChunkState::Needed)?;
-        self.needed.insert(self.rank_of[chunk.0 as usize]);
-        self.rescan = true;
-        Some(peer)
-    }
-
-    /// Marks `chunk` done (ignoring out-of-range and already-done chunks). If
-    /// it was in flight to a peer other than `source`, that request gets an
-    /// [`Action::Cancel`].
-    fn mark_done(&mut self, chunk: ChunkIdx, source: Option<&P>) {
-        let i = chunk.0 as usize;
-        match self.states.get(i) {
-            None | Some(ChunkState::Done) => return,
-            Some(ChunkState::Needed) => {
-                self.needed.remove(&self.rank_of[i]);
-                self.states[i] = ChunkState::Done;
-            }
-            Some(ChunkState::InFlight { .. }) => {
-                let peer = self.take_in_flight(chunk, ChunkState::Done);
-                if let Some(peer) = peer.filter(|p| Some(p) != source) {
-                    self.actions.push_back(Action::Cancel { peer, chunk });
-                }
-            }
-        }
-        self.chunks_done += 1;
-        self.bytes_done += u64::from(self.lens[i]);
-        self.maybe_complete();
+    fn cap(&self, st: &PeerState<P>) -> usize {
+        let c = &self.config;
+        st.cap(
+            c.min_in_flight_per_peer,
+            c.max_in_flight_per_peer,
+            c.target_queue,
+            self.mean_len,
+        )
     }
 
     fn maybe_complete(&mut self) {
@@ -576,33 +579,90 @@ where
         }
     }
 
-    /// Whether `chunk` is in flight to `peer`.
-    fn in_flight_with(&self, chunk: ChunkIdx, peer: &P) -> bool {
-        matches!(self.states.get(chunk.0 as usize), Some(ChunkState::InFlight { peer: p, .. }) if p == peer)
+    /// The sent time of the request for `chunk` outstanding to slot `s`.
+    fn sent_to(&self, chunk: ChunkIdx, s: u32) -> Option<Instant> {
+        let ChunkState::InFlight { peers } = self.states.get(chunk.0 as usize)? else {
+            return None;
+        };
+        let id = &self.peers[s as usize].id;
+        peers.iter().find(|o| &o.peer == id).map(|o| o.sent)
     }
 
-    fn on_disconnect(&mut self, peer: &P) {
-        let Some(st) = self.peers.get_mut(peer) else {
+    fn on_has_all(&mut self, now: Instant, peer: P) {
+        let s = self.slot(peer);
+        let st = &mut self.peers[s as usize];
+        st.announced = true;
+        if !st.has_all {
+            let missing: Vec<ChunkIdx> = (0..self.states.len() as u32)
+                .map(ChunkIdx)
+                .filter(|c| !st.has.contains(*c))
+                .collect();
+            st.has_all = true;
+            if st.counted {
+                for c in missing {
+                    self.add_holder(c, s, now);
+                }
+            }
+        }
+        self.sync_counted(s, now);
+    }
+
+    fn on_has(&mut self, now: Instant, peer: P, chunks: Vec<ChunkIdx>) {
+        let n = self.states.len();
+        let s = self.slot(peer);
+        self.peers[s as usize].announced = true;
+        for c in chunks.into_iter().filter(|c| (c.0 as usize) < n) {
+            let st = &mut self.peers[s as usize];
+            st.lacks.remove(&c);
+            if st.has_all || !st.has.insert(c) {
+                continue;
+            }
+            if st.counted {
+                self.add_holder(c, s, now);
+            }
+        }
+        self.sync_counted(s, now);
+    }
+
+    fn on_disconnect(&mut self, now: Instant, peer: &P) {
+        let Some(&s) = self.slot_of.get(peer) else {
             return;
         };
+        let st = &mut self.peers[s as usize];
         st.connected = false;
         st.suspect = false;
-        let chunks = std::mem::take(&mut st.in_flight);
+        let chunks: Vec<ChunkIdx> = st.in_flight.iter().copied().collect();
         for c in chunks {
-            self.release(c);
+            self.take_request(c, s);
         }
+        self.sync_counted(s, now);
     }
 
-    fn on_verified(&mut self, peer: P, chunk: ChunkIdx) {
-        if chunk.0 as usize >= self.states.len() {
+    fn on_verified(&mut self, now: Instant, peer: P, chunk: ChunkIdx) {
+        let i = chunk.0 as usize;
+        if i >= self.states.len() {
             return;
+        }
+        let s = self.slot_of.get(&peer).copied();
+        if let Some((s, sent)) = s.and_then(|s| Some((s, self.sent_to(chunk, s)?))) {
+            self.peers[s as usize].record_answer(now, sent, u64::from(self.lens[i]));
         }
         // A late answer (after a timeout, or from a peer not asked) still
         // counts: the data was verified against its hash.
-        self.mark_done(chunk, Some(&peer));
-        if let Some(st) = self.peers.get_mut(&peer) {
+        self.mark_done(chunk, s);
+        if let Some(s) = s {
+            let st = &mut self.peers[s as usize];
             st.suspect = false;
             st.has.insert(chunk);
+        }
+    }
+
+    /// Records the answer of slot `s` about `chunk` if a request was
+    /// outstanding, and returns the chunk to `Needed` if it was the last one.
+    fn answered(&mut self, now: Instant, s: u32, chunk: ChunkIdx, bytes: u64) {
+        if let Some(sent) = self.sent_to(chunk, s) {
+            self.peers[s as usize].record_answer(now, sent, bytes);
+            self.take_request(chunk, s);
         }
     }
 
@@ -610,14 +670,13 @@ where
         if chunk.0 as usize >= self.states.len() {
             return;
         }
-        if self.in_flight_with(chunk, &peer) {
-            self.release(chunk);
-        }
-        let until = now + self.config.lack_ttl;
-        let max_strikes = self.config.max_strikes;
-        let Some(st) = self.peers.get_mut(&peer) else {
+        let Some(&s) = self.slot_of.get(&peer) else {
             return;
         };
+        self.answered(now, s, chunk, u64::from(self.lens[chunk.0 as usize]));
+        let until = now + self.config.lack_ttl;
+        let max_strikes = self.config.max_strikes;
+        let st = &mut self.peers[s as usize];
         if st.banned {
             return;
         }
@@ -625,54 +684,60 @@ where
         st.strikes += 1;
         st.mark_lack(chunk, until);
         self.actions.push_back(Action::Penalise {
-            peer: peer.clone(),
+            peer,
             reason: REASON_CORRUPT,
         });
         if st.strikes >= max_strikes {
-            self.ban(peer);
+            self.ban(now, s);
         }
     }
 
-    fn ban(&mut self, peer: P) {
-        let Some(st) = self.peers.get_mut(&peer) else {
-            return;
-        };
+    fn ban(&mut self, now: Instant, s: u32) {
+        let st = &mut self.peers[s as usize];
         st.banned = true;
-        let chunks = std::mem::take(&mut st.in_flight);
+        let peer = st.id.clone();
+        let chunks: Vec<ChunkIdx> = st.in_flight.iter().copied().collect();
         for chunk in chunks {
-            self.release(chunk);
+            self.take_request(chunk, s);
             self.actions.push_back(Action::Cancel {
                 peer: peer.clone(),
                 chunk,
             });
         }
         self.actions.push_back(Action::Ban { peer });
+        self.sync_counted(s, now);
     }
 
     fn on_not_found(&mut self, now: Instant, peer: P, chunk: ChunkIdx) {
         if chunk.0 as usize >= self.states.len() {
             return;
         }
-        if self.in_flight_with(chunk, &peer) {
-            self.release(chunk);
-        }
+        let Some(&s) = self.slot_of.get(&peer) else {
+            return;
+        };
+        self.answered(now, s, chunk, 0);
         let until = now + self.config.lack_ttl;
-        if let Some(st) = self.peers.get_mut(&peer) {
-            st.suspect = false;
+        let st = &mut self.peers[s as usize];
+        st.suspect = false;
+        st.mark_lack(chunk, until);
+        if !st.has_all && st.has.contains(chunk) {
             st.has.remove(chunk);
-            st.mark_lack(chunk, until);
+            if st.counted {
+                self.remove_holder(chunk, s);
+            }
         }
     }
 
     fn on_failed(&mut self, now: Instant, peer: P, chunk: ChunkIdx) {
-        if !self.in_flight_with(chunk, &peer) {
+        let Some(&s) = self.slot_of.get(&peer) else {
+            return;
+        };
+        if self.sent_to(chunk, s).is_none() {
             return;
         }
-        self.release(chunk);
+        self.take_request(chunk, s);
         let until = now + self.config.lack_ttl;
-        if let Some(st) = self.peers.get_mut(&peer) {
-            st.mark_lack(chunk, until);
-        }
+        self.peers[s as usize].mark_lack(chunk, until);
     }
 }
 

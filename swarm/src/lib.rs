@@ -40,21 +40,29 @@
 //! assert!(fetch.is_complete());
 //! ```
 //!
+//! Chunks are picked rarest first (availability counted from `PeerHas` /
+//! `PeerHasAll`); the origin is asked only for chunks no other peer holds;
+//! nearer peers are preferred ([`Input::PeerTopology`]) and chunks held only
+//! outside the rack are brought in by one responsible member
+//! ([`Input::LocalGroup`], [`responsible_rank`]); per-peer caps and timeouts
+//! follow the measured rate ([`Fetch::peer_stats`]); the tail is duplicated
+//! (endgame). See `swarm/STATE.md`.
+//!
 //! # What comes later
 //!
-//! Rarest-first chunk order (availability counts per chunk), topology-aware
-//! peer choice (rack, zone, RTT), endgame (duplicate requests at the tail),
-//! size-scaled timeouts, grouping chunks into pieces, rate decisions, and the
-//! per-connection reconnect/retransmit state machine (connected → suspect →
-//! recovering). Peer choice already goes through [`policy::SelectionPolicy`] so
-//! those slot in without reshaping [`Fetch`].
+//! Reaching ~S/B fan-out (see "Open problems" in `swarm/STATE.md`), grouping
+//! chunks into pieces, and the per-connection reconnect/retransmit state
+//! machine.
 
 mod fetch;
 mod peer;
 pub mod policy;
 pub mod rng;
 
-pub use fetch::{Action, ChunkState, Fetch, FetchConfig, Input, Progress, REASON_CORRUPT};
+pub use fetch::{
+    Action, ChunkState, Fetch, FetchConfig, Input, Outstanding, PeerStats, Progress,
+    REASON_CORRUPT, responsible_rank,
+};
 
 /// Index into the list of chunks this fetch needs (the driver maps it to a chunk hash).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

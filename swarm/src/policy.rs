@@ -8,6 +8,7 @@
 //! state machine.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::ChunkIdx;
 use crate::rng::SplitMix64;
@@ -32,6 +33,25 @@ pub struct Candidate {
     pub tier: Tier,
     /// Requests currently outstanding to this peer.
     pub in_flight: usize,
+    /// Network distance: 0 same host, 1 same rack, 2 same zone, 3 same region,
+    /// 4 elsewhere (the default for peers without topology).
+    pub distance: u8,
+    /// Expected time for this peer to deliver one more chunk, from its
+    /// measured rate and queue; `None` until measured.
+    pub expected: Option<Duration>,
+}
+
+impl Candidate {
+    /// The preference key of [`TieredRandom`]: nearest first, then the best
+    /// [`Tier`], then the fastest expected delivery (unmeasured peers count as
+    /// instant, so that they get measured).
+    pub fn key(&self) -> (u8, Tier, Duration) {
+        (
+            self.distance,
+            self.tier,
+            self.expected.unwrap_or(Duration::ZERO),
+        )
+    }
 }
 
 /// Chooses a peer for one chunk among eligible candidates.
@@ -47,8 +67,9 @@ pub trait SelectionPolicy: fmt::Debug + Send {
     ) -> Option<usize>;
 }
 
-/// The default policy: the best [`Tier`] wins; ties are broken uniformly at
-/// random (the random draw is skipped when only one candidate is best).
+/// The default policy: the best [`Candidate::key`] wins (nearest, then best
+/// [`Tier`], then fastest); ties are broken uniformly at random (the random
+/// draw is skipped when only one candidate is best).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TieredRandom;
 
@@ -59,8 +80,8 @@ impl SelectionPolicy for TieredRandom {
         candidates: &[Candidate],
         rng: &mut SplitMix64,
     ) -> Option<usize> {
-        let best = candidates.iter().map(|c| c.tier).min()?;
-        let ties = candidates.iter().filter(|c| c.tier == best).count();
+        let best = candidates.iter().map(Candidate::key).min()?;
+        let ties = candidates.iter().filter(|c| c.key() == best).count();
         let nth = if ties > 1 {
             rng.below(ties as u64) as usize
         } else {
@@ -69,7 +90,7 @@ impl SelectionPolicy for TieredRandom {
         candidates
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.tier == best)
+            .filter(|(_, c)| c.key() == best)
             .nth(nth)
             .map(|(i, _)| i)
     }
@@ -80,7 +101,39 @@ mod tests {
     use super::*;
 
     fn cand(tier: Tier) -> Candidate {
-        Candidate { tier, in_flight: 0 }
+        Candidate {
+            tier,
+            in_flight: 0,
+            distance: 4,
+            expected: None,
+        }
+    }
+
+    #[test]
+    fn nearest_then_fastest() {
+        let mut rng = SplitMix64::new(1);
+        let far = Candidate {
+            distance: 3,
+            ..cand(Tier::KnownHolder)
+        };
+        let near_slow = Candidate {
+            distance: 1,
+            expected: Some(Duration::from_millis(9)),
+            ..cand(Tier::KnownHolder)
+        };
+        let near_fast = Candidate {
+            expected: Some(Duration::from_millis(3)),
+            ..near_slow
+        };
+        let cands = [far, near_slow, near_fast];
+        assert_eq!(
+            TieredRandom.pick_peer(ChunkIdx(0), &cands, &mut rng),
+            Some(2)
+        );
+        assert_eq!(
+            TieredRandom.pick_peer(ChunkIdx(0), &cands[..2], &mut rng),
+            Some(1)
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::publish::SourceIndex;
 use crate::store::{ChunkStore, StoreError};
 use crate::wire::{self, Gossip, Hello, HelloReply, PeerRecord, Request, Response};
 
+mod availability;
 mod serving;
 mod versions;
 
@@ -78,10 +79,15 @@ struct Version {
     bytes_reused: u64,
     complete_peers: HashSet<PeerId>,
     error: Option<String>,
+    /// Availability bookkeeping (see `availability.rs`).
+    have: availability::VersionHave,
 }
 
 enum Pending {
     Hello,
+    Have {
+        root: Hash,
+    },
     Manifest {
         root: Hash,
     },
@@ -105,6 +111,8 @@ struct Stored {
 struct PeerInfo {
     addrs: Vec<Multiaddr>,
     connections: usize,
+    /// Topology distance from us (0 same host … 4 elsewhere or unknown).
+    distance: Option<u8>,
 }
 
 /// Fault switches for tests, from `SYNCNODE_FAULT` (comma-separated):
@@ -314,6 +322,7 @@ impl Daemon {
                 bytes_reused: total,
                 complete_peers: HashSet::new(),
                 error: None,
+                have: Default::default(),
             },
         );
         Metrics::add(&self.metrics.versions_complete, 1);
@@ -399,6 +408,9 @@ impl Daemon {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Availability is pushed to peers in batches at this pace.
+        let mut have_tick = tokio::time::interval(Duration::from_millis(100));
+        have_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
@@ -412,6 +424,7 @@ impl Daemon {
                 Some((root, r)) = self.mat_rx.recv() => self.on_materialized(root, r),
                 Some(req) = self.status_rx.recv() => { let _ = req.send(self.status()); }
                 _ = tick.tick() => self.housekeeping(),
+                _ = have_tick.tick() => self.flush_have(),
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(),
                 _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, stopping"); break; }
                 _ = sigterm.recv() => { tracing::info!("terminated, stopping"); break; }
@@ -571,6 +584,10 @@ impl Daemon {
                     tracing::info!(peer = %peer_id, "peer disconnected");
                     self.metrics.peers.fetch_sub(1, Relaxed);
                     self.feed_all(Input::PeerDisconnected { peer: peer_id });
+                    for v in self.versions.values_mut() {
+                        v.have.forget_peer(&peer_id);
+                    }
+                    self.update_local_group();
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {

@@ -7,6 +7,14 @@ impl Daemon {
     pub(super) fn hello(&self) -> Hello {
         Hello {
             listen_addrs: self.swarm.listeners().map(|a| a.to_vec()).collect(),
+            labels: self
+                .cfg
+                .raw
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            seeding: self.seed.is_some(),
         }
     }
 
@@ -42,7 +50,10 @@ impl Daemon {
                     hash,
                     len,
                 }) => self.on_chunk(peer, root, idx, hash, len, response),
-                None => {}
+                Some(Pending::Have { root }) if !matches!(response, Response::Ack) => {
+                    self.have_refused(peer, root);
+                }
+                Some(Pending::Have { .. }) | None => {}
             },
             Event::OutboundFailure {
                 peer,
@@ -55,6 +66,7 @@ impl Daemon {
                     self.feed(root, Input::Failed { peer, chunk: idx });
                 }
                 Some(Pending::Manifest { root }) => self.on_manifest(peer, root, None),
+                Some(Pending::Have { root }) => self.have_refused(peer, root),
                 _ => {}
             },
             _ => {}
@@ -77,8 +89,13 @@ impl Daemon {
                         info.addrs.push(a);
                     }
                 }
+                self.on_peer_hello(peer, h.labels, h.seeding);
                 let reply = Response::Hello(self.hello_reply(peer));
                 let _ = self.swarm.behaviour_mut().rr.send_response(channel, reply);
+            }
+            Request::Have(have) => {
+                let resp = self.on_have(peer, have);
+                let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
             }
             Request::GetManifest { root } => {
                 let resp = match self.versions.get_mut(&root) {

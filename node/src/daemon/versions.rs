@@ -125,6 +125,7 @@ impl Daemon {
                 bytes_reused: 0,
                 complete_peers: HashSet::new(),
                 error: None,
+                have: Default::default(),
             },
         );
     }
@@ -240,6 +241,7 @@ impl Daemon {
             self.rng_seed ^ u64::from_le_bytes(root.0[..8].try_into().expect("8 bytes")),
         );
         let now = Instant::now();
+        let have_idx: Vec<u32> = have.iter().map(|c| c.0).collect();
         fetch.handle(now, Input::AlreadyHave { chunks: have });
         for p in connected {
             fetch.handle(
@@ -265,11 +267,13 @@ impl Daemon {
             reused.saturating_sub(v.bytes_reused),
         );
         v.bytes_reused = reused;
+        v.have.hold(have_idx);
         v.chunks = chunks;
         v.manifest = Some(m);
         v.fetch = Some(fetch);
         v.state = VState::Fetching;
         v.error = None;
+        self.prime_fetch(root);
     }
 
     /// Drains every fetch's actions into requests.
@@ -420,6 +424,9 @@ impl Daemon {
         match s.result {
             Ok(newly_stored) => {
                 Metrics::add(&self.metrics.chunks_verified, 1);
+                if let Some(v) = self.versions.get_mut(&s.root) {
+                    v.have.hold([s.idx.0]);
+                }
                 // A duplicate (endgame or a late answer after a retry) was
                 // verified but adds no new bytes to the store.
                 if newly_stored {

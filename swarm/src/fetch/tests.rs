@@ -36,8 +36,18 @@ fn connect(f: &mut F, now: Instant, peer: &'static str, all: bool) {
     }
 }
 
+/// The pre-rarest-first behaviour these tests were written for: a full
+/// pipeline per peer from the start, no endgame duplicates.
+fn classic() -> FetchConfig {
+    FetchConfig {
+        min_in_flight_per_peer: 8,
+        endgame: false,
+        ..FetchConfig::default()
+    }
+}
+
 fn fetch(n: usize) -> F {
-    Fetch::new(FetchConfig::default(), vec![100; n], 1)
+    Fetch::new(classic(), vec![100; n], 1)
 }
 
 #[test]
@@ -90,7 +100,9 @@ fn caps_hold_and_completion_is_reported_once() {
     let now = Instant::now();
     let cfg = FetchConfig {
         max_in_flight_per_peer: 3,
+        min_in_flight_per_peer: 3,
         max_in_flight_total: 5,
+        endgame: false,
         ..Default::default()
     };
     let mut f = Fetch::new(cfg, vec![1; 20], 5);
@@ -118,7 +130,7 @@ fn caps_hold_and_completion_is_reported_once() {
 }
 
 #[test]
-fn known_holders_first_then_unknown_then_origin() {
+fn rarest_first_and_origin_only_for_unheld_chunks() {
     let now = Instant::now();
     let cfg = FetchConfig {
         max_in_flight_per_peer: 2,
@@ -133,13 +145,31 @@ fn known_holders_first_then_unknown_then_origin() {
         },
     );
     connect(&mut f, now, "unknown", false);
-    connect(&mut f, now, "holder", true);
+    connect(&mut f, now, "holder", false);
+    let held: Vec<ChunkIdx> = (0..5).map(ChunkIdx).collect();
+    f.handle(
+        now,
+        Input::PeerHas {
+            peer: "holder",
+            chunks: held,
+        },
+    );
+    assert_eq!(f.availability(ChunkIdx(0)), 1);
+    assert_eq!(f.availability(ChunkIdx(9)), 0);
     let reqs = requests(&drain(&mut f, now));
     let peers: Vec<_> = reqs.iter().map(|(p, _)| *p).collect();
+    // Unheld chunks (availability 0) first: unknown peers before the origin;
+    // then the held ones, from their holder. The origin never gets a held chunk.
     assert_eq!(
         peers,
-        ["holder", "holder", "unknown", "unknown", "origin", "origin"]
+        ["unknown", "unknown", "origin", "origin", "holder", "holder"]
     );
+    for (p, c) in &reqs[..4] {
+        assert!(c.0 >= 5, "{p} asked for held {c:?}");
+    }
+    for (_, c) in &reqs[4..] {
+        assert!(c.0 < 5);
+    }
 }
 
 #[test]
@@ -245,7 +275,7 @@ fn disconnect_reissues_elsewhere() {
 #[test]
 fn timeout_moves_request_and_late_answer_cancels_the_retry() {
     let t0 = Instant::now();
-    let cfg = FetchConfig::default();
+    let cfg = classic();
     let mut f = fetch(1);
     connect(&mut f, t0, "slow", true);
     assert_eq!(requests(&drain(&mut f, t0)), vec![("slow", ChunkIdx(0))]);
