@@ -76,6 +76,13 @@ pub struct NodeConfig {
     pub request_timeout_secs: u64,
     /// Most peers kept connected; peers learned through exchange beyond this are not dialled. Default 64.
     pub max_peers: usize,
+    /// Chunk uploads served at once; further requests are answered `Busy` at
+    /// once, so requesters go to another holder instead of queueing. Default 2.
+    pub max_uploads: usize,
+    /// Chunk downloads outstanding at once (not counting endgame duplicates).
+    /// Few downloads at full rate let each chunk finish, verify and be served
+    /// on early, which is what makes a swarm pipeline. Default 2.
+    pub max_downloads: usize,
     /// fsync every chunk before it becomes visible. Default true; turn off only for throwaway tests.
     pub fsync: bool,
     /// Node labels (region, zone, rack, host); used for topology-aware selection by later versions.
@@ -98,6 +105,8 @@ impl Default for NodeConfig {
             max_in_flight_per_peer: 16,
             request_timeout_secs: 10,
             max_peers: 64,
+            max_uploads: 2,
+            max_downloads: 2,
             fsync: true,
             labels: Default::default(),
             chunker: ChunkerConfig::default(),
@@ -182,6 +191,8 @@ impl NodeConfig {
             ("max_in_flight", self.max_in_flight),
             ("max_in_flight_per_peer", self.max_in_flight_per_peer),
             ("max_peers", self.max_peers),
+            ("max_uploads", self.max_uploads),
+            ("max_downloads", self.max_downloads),
         ] {
             if v == 0 || v > 100_000 {
                 return Err(value_err(key, format!("{v} is out of range 1..=100000")));

@@ -102,6 +102,9 @@ pub enum Response {
     Error(String),
     /// Acknowledges a `Have`.
     Ack,
+    /// The replier holds the chunk but is serving its maximum number of
+    /// uploads; ask another holder (or again later).
+    Busy,
 }
 
 mod tag {
@@ -110,6 +113,7 @@ mod tag {
     pub const GET_CHUNK: u8 = 3;
     pub const HAVE: u8 = 4;
     pub const ACK: u8 = 6;
+    pub const BUSY: u8 = 7;
     pub const MANIFEST: u8 = 2;
     pub const CHUNK: u8 = 3;
     pub const NOT_FOUND: u8 = 4;
@@ -191,6 +195,7 @@ impl Response {
             Response::NotFound => (tag::NOT_FOUND, &[]),
             Response::Error(s) => (tag::ERROR, s.as_bytes()),
             Response::Ack => (tag::ACK, &[]),
+            Response::Busy => (tag::BUSY, &[]),
         };
         let mut v = Vec::with_capacity(1 + body.len());
         v.push(t);
@@ -220,6 +225,7 @@ impl Response {
                 String::from_utf8_lossy(&payload[1..]).into_owned(),
             )),
             tag::ACK => Ok(Response::Ack),
+            tag::BUSY => Ok(Response::Busy),
             t => Err(invalid(format!("unknown response tag {t}"))),
         }
     }
@@ -346,6 +352,7 @@ mod tests {
             Response::NotFound,
             Response::Error("disk".into()),
             Response::Ack,
+            Response::Busy,
         ] {
             assert_eq!(Response::decode(r.encode()).unwrap(), r);
         }

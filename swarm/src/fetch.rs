@@ -55,6 +55,22 @@ pub struct FetchConfig {
     pub endgame: bool,
     /// Requests outstanding per chunk at most during the endgame (default 2).
     pub endgame_max_dup: usize,
+    /// After [`Input::Busy`] from a peer whose rate is not measured yet, do
+    /// not ask it again for this long (default 10 ms) unless one of our
+    /// requests to it completes first. A measured peer backs off for one
+    /// mean chunk-time at its measured rate instead (at most this long).
+    pub busy_backoff: Duration,
+    /// Request one of this many rarest needed chunks that have an eligible
+    /// peer, chosen at random (default 4), so that nodes do not all rush to
+    /// the single holder of the rarest chunk. 1 is strict rarest first.
+    pub rarest_window: usize,
+    /// Requests outstanding at once at most (default 2; the effective total
+    /// cap is `min(download_slots, max_in_flight_total)`): few downloads at
+    /// once, each at a large share of the link, so that every chunk
+    /// completes (and becomes relayable) early instead of all completing
+    /// late. Raise it for links with a large bandwidth-delay product.
+    /// Values below 1 are treated as 1.
+    pub download_slots: usize,
 }
 
 impl Default for FetchConfig {
@@ -71,6 +87,9 @@ impl Default for FetchConfig {
             remote_wait: Duration::from_secs(2),
             endgame: true,
             endgame_max_dup: 2,
+            busy_backoff: Duration::from_millis(10),
+            rarest_window: 4,
+            download_slots: 2,
         }
     }
 }
@@ -124,6 +143,17 @@ pub enum Input<P> {
     },
     /// The peer does not hold the chunk (yet).
     NotFound {
+        /// The peer that answered.
+        peer: P,
+        /// The chunk.
+        chunk: ChunkIdx,
+    },
+    /// The peer holds the chunk but is serving as many uploads as it will
+    /// (answered at once instead of queueing the request). The chunk is
+    /// requested again at once, elsewhere if possible; the peer is not asked
+    /// again until one of our requests to it completes or its backoff passes
+    /// ([`FetchConfig::busy_backoff`]). Not a strike, not a lack mark.
+    Busy {
         /// The peer that answered.
         peer: P,
         /// The chunk.
@@ -361,6 +391,7 @@ where
             .min_in_flight_per_peer
             .clamp(1, config.max_in_flight_per_peer);
         config.endgame_max_dup = config.endgame_max_dup.max(1);
+        config.download_slots = config.download_slots.max(1);
         let mut rng = SplitMix64::new(seed);
         let mut by_rank: Vec<ChunkIdx> = (0..n).map(ChunkIdx).collect();
         rng.shuffle(&mut by_rank);
@@ -424,6 +455,7 @@ where
             Input::Rejected { peer, chunk } => self.on_rejected(now, peer, chunk),
             Input::NotFound { peer, chunk } => self.on_not_found(now, peer, chunk),
             Input::Failed { peer, chunk } => self.on_failed(now, peer, chunk),
+            Input::Busy { peer, chunk } => self.on_busy(now, peer, chunk),
             Input::PeerTopology { peer, distance } => {
                 let s = self.slot(peer);
                 self.set_distance(s, distance.min(FAR));
@@ -459,6 +491,9 @@ where
         }
         for st in &mut self.peers {
             st.lacks.retain(|_, until| *until > now);
+            if st.busy_until.is_some_and(|t| t <= now) {
+                st.busy_until = None;
+            }
         }
     }
 
@@ -486,7 +521,13 @@ where
             .map(|(_, until)| *until)
             .min();
         let remote = self.remote_wakeup.filter(|_| !self.needed.is_empty());
-        [deadline, lack, remote].into_iter().flatten().min()
+        let busy = self
+            .peers
+            .iter()
+            .filter(|st| st.usable() && !self.needed.is_empty())
+            .filter_map(|st| st.busy_until)
+            .min();
+        [deadline, lack, remote, busy].into_iter().flatten().min()
     }
 
     /// Every chunk is verified or was already present.
@@ -631,6 +672,7 @@ where
         let st = &mut self.peers[s as usize];
         st.connected = false;
         st.suspect = false;
+        st.busy_until = None;
         let chunks: Vec<ChunkIdx> = st.in_flight.iter().copied().collect();
         for c in chunks {
             self.take_request(c, s);
@@ -653,6 +695,7 @@ where
         if let Some(s) = s {
             let st = &mut self.peers[s as usize];
             st.suspect = false;
+            st.busy_until = None;
             st.has.insert(chunk);
         }
     }
@@ -726,6 +769,23 @@ where
                 self.remove_holder(chunk, s);
             }
         }
+    }
+
+    fn on_busy(&mut self, now: Instant, peer: P, chunk: ChunkIdx) {
+        let Some(&s) = self.slot_of.get(&peer) else {
+            return;
+        };
+        if self.sent_to(chunk, s).is_none() {
+            return;
+        }
+        self.take_request(chunk, s);
+        let max = self.config.busy_backoff;
+        let st = &mut self.peers[s as usize];
+        st.suspect = false;
+        let backoff = st.rate_bps.filter(|r| *r > 0.0).map_or(max, |r| {
+            Duration::from_secs_f64((self.mean_len / r).min(1e6)).min(max)
+        });
+        st.busy_until = Some(now + backoff);
     }
 
     fn on_failed(&mut self, now: Instant, peer: P, chunk: ChunkIdx) {

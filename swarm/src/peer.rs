@@ -94,6 +94,9 @@ pub(crate) struct PeerState<P> {
     pub(crate) rtt: Option<Duration>,
     /// When the last answer arrived (start of the next delivery interval).
     pub(crate) last_answer: Option<Instant>,
+    /// After `Busy`: not asked again before this instant, unless one of our
+    /// requests to it completes first.
+    pub(crate) busy_until: Option<Instant>,
 }
 
 impl<P> PeerState<P> {
@@ -116,6 +119,7 @@ impl<P> PeerState<P> {
             rate_bps: None,
             rtt: None,
             last_answer: None,
+            busy_until: None,
         }
     }
 
@@ -156,6 +160,11 @@ impl<P> PeerState<P> {
         };
         let want = rate * target_queue.as_secs_f64() / mean_len.max(1.0);
         (want.min(max as f64) as usize).clamp(min, max)
+    }
+
+    /// The peer answered `Busy` and its backoff has not passed at `now`.
+    pub(crate) fn busy(&self, now: Instant) -> bool {
+        self.busy_until.is_some_and(|t| t > now)
     }
 
     /// The peer is marked as lacking `c` at `now`.

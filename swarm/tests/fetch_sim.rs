@@ -20,9 +20,18 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// These scenarios model latency, not bandwidth: a wide pipeline (the total
+/// cap is `max_in_flight_total`, not the 2 default download slots).
+fn wide() -> FetchConfig {
+    FetchConfig {
+        download_slots: 64,
+        ..FetchConfig::default()
+    }
+}
+
 /// Every kind of peer at once.
 fn mixed_swarm(seed: u64) -> Sim {
-    mixed_swarm_with(FetchConfig::default(), seed)
+    mixed_swarm_with(wide(), seed)
 }
 
 fn mixed_swarm_with(config: FetchConfig, seed: u64) -> Sim {
@@ -104,7 +113,7 @@ fn silent_peer_requests_time_out_and_move() {
     // Without endgame duplicates, every request to the silent peer ends by its timeout.
     let config = FetchConfig {
         endgame: false,
-        ..FetchConfig::default()
+        ..wide()
     };
     let mut sim = mixed_swarm_with(config, 2);
     assert!(sim.run(100_000));
@@ -182,7 +191,7 @@ fn caps_hold_and_are_used() {
     let cfg = FetchConfig {
         max_in_flight_per_peer: 4,
         max_in_flight_total: 10,
-        ..Default::default()
+        ..wide()
     };
     let mut sim = Sim::new(cfg, 400, 11);
     for id in 1..=5 {
@@ -207,7 +216,7 @@ fn origin_last_offloads_the_origin() {
     let run = |origin_last: bool, holders: u32| {
         let cfg = FetchConfig {
             origin_last,
-            ..Default::default()
+            ..wide()
         };
         let mut sim = Sim::new(cfg, 500, 5);
         sim.add_peer(ORIGIN, Behaviour::Origin, ms(1));
@@ -231,7 +240,7 @@ fn origin_last_offloads_the_origin() {
 
 #[test]
 fn growing_peers_without_announcements_are_polled_until_complete() {
-    let mut sim = Sim::new(FetchConfig::default(), 50, 4);
+    let mut sim = Sim::new(wide(), 50, 4);
     sim.add_peer(
         1,
         Behaviour::Growing {
@@ -268,7 +277,7 @@ fn same_seed_same_actions() {
 
 #[test]
 fn no_peers_means_no_progress_and_no_timer() {
-    let mut sim = Sim::new(FetchConfig::default(), 10, 0);
+    let mut sim = Sim::new(wide(), 10, 0);
     assert!(!sim.run(100));
     assert_eq!(sim.fetch.poll_timeout(), None);
     assert_eq!(sim.fetch.progress().chunks_done, 0);

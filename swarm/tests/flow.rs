@@ -13,9 +13,12 @@ fn report(name: &str, sim: &FlowSim) -> (f64, f64) {
     let ratio = sim.completion_secs() / sim.ideal_secs();
     let origin = sim.origin_egress() as f64 / s;
     println!(
-        "{name}: completion {:.3} s = {ratio:.3} x S/B, origin egress {origin:.3} x S, not-found {}",
+        "{name}: completion {:.3} s = {ratio:.3} x S/B, origin egress {origin:.3} x S, not-found {}, busy {}, injected {:.3} x S/B, origin idle {:.3} x S/B",
         sim.completion_secs(),
-        sim.not_found
+        sim.not_found,
+        sim.busy,
+        sim.injected_at.unwrap_or(0) as f64 / 1e9 / sim.ideal_secs(),
+        sim.origin_idle as f64 / 1e9 / sim.ideal_secs(),
     );
     (ratio, origin)
 }
@@ -25,33 +28,48 @@ fn small(nodes: u32, racks: u32, seed: u64) -> FlowConfig {
         nodes,
         racks,
         chunks: 64,
-        upload_slots: 16,
+        upload_slots: 2,
         seed,
         ..FlowConfig::default()
     }
 }
 
-/// Fan-out of 50 nodes from one origin. Converges with about one origin copy;
-/// the completion figure is printed (the 1.3 x S/B target is in the ignored
-/// test below: not reached yet).
+/// Fan-out of 50 nodes from one origin (hosts serve 2 uploads at once and
+/// answer `Busy` beyond). Converges with about one origin copy; the
+/// completion figure is printed (the 1.3 x S/B target is in the ignored test
+/// below: not reached yet).
 #[test]
 fn fifty_nodes_converge_with_about_one_origin_copy() {
     let mut sim = FlowSim::new(small(50, 1, 1));
     assert!(sim.run(2_000_000), "did not converge");
     sim.check();
     let (ratio, origin) = report("50 nodes, one rack", &sim);
-    assert!(ratio <= 4.0, "completion {ratio:.3} x S/B");
-    assert!(origin <= 1.5, "origin egress {origin:.3} x S");
+    assert!(ratio <= 1.5, "completion {ratio:.3} x S/B");
+    assert!(origin <= 1.2, "origin egress {origin:.3} x S");
 }
 
-/// The target. Fails today (see swarm/STATE.md, "Open problems").
+/// The target. Not reached yet: 1.34 x S/B with seed 1 (see
+/// swarm/STATE.md, "Open problems").
 #[test]
-#[ignore = "the 1.3 x S/B target is not reached yet; see swarm/STATE.md"]
+#[ignore = "the 1.3 x S/B target is not reached yet (1.34); see swarm/STATE.md"]
 fn fifty_nodes_complete_within_1_3_s_over_b() {
     let mut sim = FlowSim::new(small(50, 1, 1));
     assert!(sim.run(2_000_000), "did not converge");
-    let (ratio, _) = report("50 nodes, target", &sim);
+    let (ratio, origin) = report("50 nodes, target", &sim);
     assert!(ratio <= 1.3, "completion {ratio:.3} x S/B");
+    assert!(origin <= 1.2, "origin egress {origin:.3} x S");
+}
+
+/// 200 nodes, one rack: figures printed, loose bounds. Too slow for debug
+/// builds (the harness reshares every flow on every event).
+#[test]
+#[ignore = "slow in debug; run with --release --ignored"]
+fn two_hundred_nodes_converge() {
+    let mut sim = FlowSim::new(small(200, 1, 7));
+    assert!(sim.run(20_000_000), "did not converge");
+    let (ratio, origin) = report("200 nodes, one rack", &sim);
+    assert!(ratio <= 2.0, "completion {ratio:.3} x S/B");
+    assert!(origin <= 1.2, "origin egress {origin:.3} x S");
 }
 
 #[test]

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{
+    self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
+};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identity, noise, tcp, yamux};
 use merkle::{ChunkRef, Hash, Manifest, SignedRoot};
@@ -164,6 +166,8 @@ pub struct Daemon {
     peers: HashMap<PeerId, PeerInfo>,
     origins: HashSet<PeerId>,
     pending: HashMap<OutboundRequestId, Pending>,
+    /// Chunk uploads in progress (bounded by `max_uploads`).
+    uploads: HashSet<InboundRequestId>,
     stored_tx: mpsc::Sender<Stored>,
     stored_rx: mpsc::Receiver<Stored>,
     served_tx: mpsc::Sender<(ResponseChannel<Response>, Response)>,
@@ -261,6 +265,7 @@ impl Daemon {
             peers: HashMap::new(),
             origins: HashSet::new(),
             pending: HashMap::new(),
+            uploads: HashSet::new(),
             stored_tx,
             stored_rx,
             served_tx,

@@ -25,10 +25,12 @@ impl Daemon {
                 peer,
                 message:
                     Message::Request {
-                        request, channel, ..
+                        request,
+                        channel,
+                        request_id,
                     },
                 ..
-            } => self.on_request(peer, request, channel),
+            } => self.on_request(peer, request_id, request, channel),
             Event::Message {
                 peer,
                 message:
@@ -69,13 +71,16 @@ impl Daemon {
                 Some(Pending::Have { root }) => self.have_refused(peer, root),
                 _ => {}
             },
-            _ => {}
+            Event::ResponseSent { request_id, .. } | Event::InboundFailure { request_id, .. } => {
+                self.uploads.remove(&request_id);
+            }
         }
     }
 
     pub(super) fn on_request(
         &mut self,
         peer: PeerId,
+        request_id: InboundRequestId,
         req: Request,
         channel: ResponseChannel<Response>,
     ) {
@@ -112,6 +117,15 @@ impl Daemon {
                 let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
             }
             Request::GetChunk { hash } => {
+                if self.uploads.len() >= self.cfg.raw.max_uploads {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .rr
+                        .send_response(channel, Response::Busy);
+                    return;
+                }
+                self.uploads.insert(request_id);
                 let store = self.store.clone();
                 let source = self.seed.as_ref().map(|s| s.source.clone());
                 let tx = self.served_tx.clone();

@@ -233,6 +233,7 @@ impl Daemon {
             max_in_flight_per_peer: self.cfg.raw.max_in_flight_per_peer,
             max_in_flight_total: self.cfg.raw.max_in_flight,
             request_timeout: Duration::from_secs(self.cfg.raw.request_timeout_secs),
+            download_slots: self.cfg.raw.max_downloads,
             ..FetchConfig::default()
         };
         let mut fetch = Fetch::new(
@@ -413,6 +414,7 @@ impl Daemon {
                 });
             }
             Response::NotFound => self.feed(root, Input::NotFound { peer, chunk: idx }),
+            Response::Busy => self.feed(root, Input::Busy { peer, chunk: idx }),
             other => {
                 tracing::debug!(%peer, ?other, "unexpected reply to a chunk request");
                 self.feed(root, Input::Failed { peer, chunk: idx });

@@ -158,7 +158,11 @@ where
         if !self.rescan || self.is_complete() {
             return None;
         }
-        if self.in_flight < self.config.max_in_flight_total {
+        let cap = self
+            .config
+            .max_in_flight_total
+            .min(self.config.download_slots);
+        if self.in_flight < cap {
             let pick = match self.pick_needed(now) {
                 Some(p) => Some(p),
                 None => self.pick_endgame(now),
@@ -192,7 +196,11 @@ where
         for &s in all {
             let st = &self.peers[s as usize];
             let n = st.in_flight.len();
-            if n >= self.cap(st) || st.lacks(c, now) || asked.iter().any(|o| o.peer == st.id) {
+            if n >= self.cap(st)
+                || st.busy(now)
+                || st.lacks(c, now)
+                || asked.iter().any(|o| o.peer == st.id)
+            {
                 continue;
             }
             let expected = st.rate_bps.filter(|r| *r > 0.0).map(|r| {
@@ -233,10 +241,12 @@ where
         cands.keep_near()
     }
 
-    /// The rarest needed chunk with an allowed candidate, and its peer. Also
-    /// recomputes `remote_wakeup`.
+    /// One of the `rarest_window` rarest needed chunks with an allowed
+    /// candidate (seeded uniform choice), and its peer. Also recomputes
+    /// `remote_wakeup` when the walk covers the whole queue.
     fn pick_needed(&mut self, now: Instant) -> Option<(ChunkIdx, u32)> {
         let idle = self.in_flight == 0;
+        let window = self.config.rarest_window.max(1);
         let near_unknown = self
             .unknown
             .iter()
@@ -244,6 +254,7 @@ where
         let mut wake: Option<Instant> = None;
         let mut fallback = None;
         let mut cands = Cands::default();
+        let mut found: Vec<(ChunkIdx, Cands)> = Vec::new();
         let mut next = self.needed.first().copied();
         while let Some(key) = next {
             next = self
@@ -265,11 +276,27 @@ where
             if self.apply_rack_rule(c, now, &mut cands) && idle && fallback.is_none() {
                 fallback = Some(c);
             }
+            if !cands.list.is_empty() {
+                found.push((c, std::mem::take(&mut cands)));
+                if found.len() >= window {
+                    break;
+                }
+            }
+        }
+        if next.is_none() {
+            self.remote_wakeup = wake;
+        }
+        while !found.is_empty() {
+            let k = if found.len() > 1 {
+                self.rng.below(found.len() as u64) as usize
+            } else {
+                0
+            };
+            let (c, cands) = found.swap_remove(k);
             if let Some(s) = self.choose(c, &cands) {
                 return Some((c, s));
             }
         }
-        self.remote_wakeup = wake;
         // Nothing in flight and only far work left: use the idle capacity.
         let c = fallback?;
         self.candidates(c, now, &mut cands);

@@ -42,6 +42,7 @@ fn classic() -> FetchConfig {
     FetchConfig {
         min_in_flight_per_peer: 8,
         endgame: false,
+        download_slots: 64,
         ..FetchConfig::default()
     }
 }
@@ -103,6 +104,7 @@ fn caps_hold_and_completion_is_reported_once() {
         min_in_flight_per_peer: 3,
         max_in_flight_total: 5,
         endgame: false,
+        download_slots: 64,
         ..Default::default()
     };
     let mut f = Fetch::new(cfg, vec![1; 20], 5);
@@ -134,6 +136,8 @@ fn rarest_first_and_origin_only_for_unheld_chunks() {
     let now = Instant::now();
     let cfg = FetchConfig {
         max_in_flight_per_peer: 2,
+        download_slots: 64,
+        rarest_window: 1,
         ..Default::default()
     };
     let mut f = Fetch::new(cfg, vec![1; 10], 3);
@@ -178,6 +182,8 @@ fn origin_is_a_holder_when_origin_last_is_off() {
     let cfg = FetchConfig {
         max_in_flight_per_peer: 2,
         origin_last: false,
+        download_slots: 64,
+        rarest_window: 1,
         ..Default::default()
     };
     let mut f = Fetch::new(cfg, vec![1; 10], 3);

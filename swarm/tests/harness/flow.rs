@@ -2,7 +2,8 @@
 //! the same version, plus one origin holding everything, in virtual time.
 //!
 //! Each host has an upload and a download capacity (bytes/s) and serves at
-//! most `upload_slots` requests at once (FIFO queue behind them). Transfers
+//! most `upload_slots` requests at once; further requests are answered
+//! `Busy` after the link latency (or, with `busy` off, wait in a FIFO queue). Transfers
 //! are fluid flows sharing each host's upload and download max-min fairly
 //! (progressive filling), recomputed whenever the set of flows changes.
 //! Virtual time jumps to the next event: a flow completing, a message
@@ -42,8 +43,12 @@ pub struct FlowConfig {
     pub latency_rack: Duration,
     /// One-way latency between racks (and to the origin).
     pub latency_cross: Duration,
-    /// Concurrent uploads per host; more requests wait in a FIFO queue.
+    /// Concurrent uploads per host; further requests are answered `Busy`
+    /// (after the link latency) with `busy`, or wait in a FIFO queue without.
     pub upload_slots: usize,
+    /// Answer requests beyond `upload_slots` with `Input::Busy` (as the
+    /// daemon does with `max_uploads`) instead of queueing them.
+    pub busy: bool,
     /// Tell each fetch its rack (`PeerTopology`, `LocalGroup`).
     pub topology: bool,
     /// The fetch configuration of every node.
@@ -64,6 +69,7 @@ impl Default for FlowConfig {
             latency_rack: Duration::from_micros(100),
             latency_cross: Duration::from_millis(1),
             upload_slots: 4,
+            busy: true,
             topology: true,
             fetch: FetchConfig::default(),
             seed: 1,
@@ -125,6 +131,14 @@ pub struct FlowSim {
     pub trace: u64,
     /// Requests answered `NotFound`.
     pub not_found: u64,
+    /// Requests answered `Busy`.
+    pub busy: u64,
+    /// When every chunk was first held by some node (virtual ns).
+    pub injected_at: Option<u64>,
+    /// Virtual ns during which the origin uploaded nothing (before `injected_at`).
+    pub origin_idle: u64,
+    /// Chunks held by at least one node.
+    copies: Vec<u32>,
 }
 
 impl FlowSim {
@@ -169,6 +183,10 @@ impl FlowSim {
             cross_into_rack: vec![0; cfg.racks as usize + 1],
             trace: 0xcbf2_9ce4_8422_2325,
             not_found: 0,
+            busy: 0,
+            injected_at: None,
+            origin_idle: 0,
+            copies: vec![0; cfg.chunks as usize],
             cfg,
         };
         sim.connect_all();
@@ -391,6 +409,9 @@ impl FlowSim {
     /// Advances flows to `t`, completing the finished ones.
     fn advance(&mut self, t: u64) {
         let dt = (t - self.t) as f64 / 1e9;
+        if self.injected_at.is_none() && self.active(ORIGIN) == 0 {
+            self.origin_idle += t - self.t;
+        }
         self.t = t;
         let mut finished = Vec::new();
         self.flows.retain_mut(|f| {
@@ -434,7 +455,16 @@ impl FlowSim {
                 if !self.alive[server as usize] || !self.alive[client as usize] {
                     return;
                 }
-                if self.holds[server as usize][chunk.0 as usize] {
+                let held = self.holds[server as usize][chunk.0 as usize];
+                if held && self.cfg.busy && self.active(server) >= self.cfg.upload_slots {
+                    self.busy += 1;
+                    let at = self.t + self.latency(client, server);
+                    let input = Input::Busy {
+                        peer: server,
+                        chunk,
+                    };
+                    self.push(at, Ev::Deliver { to: client, input });
+                } else if held {
                     self.queues[server as usize].push_back((client, chunk));
                     self.start_queued(server);
                     self.reshare();
@@ -455,6 +485,11 @@ impl FlowSim {
                 if let Input::Verified { chunk, .. } = &input {
                     let chunk = *chunk;
                     if !std::mem::replace(&mut self.holds[to as usize][chunk.0 as usize], true) {
+                        let i = chunk.0 as usize;
+                        self.copies[i] += 1;
+                        if self.copies[i] == 1 && self.copies.iter().all(|c| *c > 0) {
+                            self.injected_at = Some(self.t);
+                        }
                         let (near, far) = (self.cfg.latency_rack, self.cfg.latency_cross);
                         let t = self.t;
                         self.push(
