@@ -110,38 +110,26 @@ pub fn current_link(p: &Proc, channel: &str) -> PathBuf {
     p.data_dir.join(channel).join("current")
 }
 
-/// Every chunk file in a node's store (`<data_dir>/.syncnode/chunks/`), with its size.
-pub fn chunk_files(data_dir: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out = Vec::new();
-    let Ok(shards) = std::fs::read_dir(data_dir.join(".syncnode/chunks")) else {
-        return out;
-    };
-    for shard in shards.flatten() {
-        if let Ok(files) = std::fs::read_dir(shard.path()) {
-            for f in files.flatten() {
-                if let Ok(m) = f.metadata()
-                    && m.is_file()
-                {
-                    out.push((f.path(), m.len()));
-                }
-            }
-        }
-    }
-    out
+/// Every chunk record in a node's store (`<data_dir>/.syncnode/packs/`):
+/// its hash as named in the record and its bytes' length.
+pub fn chunk_files(data_dir: &Path) -> Vec<(merkle::Hash, u64)> {
+    node::store::read_all(&data_dir.join(".syncnode"))
+        .unwrap()
+        .into_iter()
+        .map(|(h, d)| (h, d.len() as u64))
+        .collect()
 }
 
-/// Asserts every chunk file in the store holds bytes that hash (BLAKE3) to its name.
+/// Asserts every chunk record in the store holds bytes that hash (BLAKE3) to
+/// the hash it is stored under.
 pub fn assert_store_verified(data_dir: &Path) {
-    let files = chunk_files(data_dir);
-    assert!(!files.is_empty(), "no chunks in {}", data_dir.display());
-    for (path, _) in files {
-        let data = std::fs::read(&path).unwrap();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+    let records = node::store::read_all(&data_dir.join(".syncnode")).unwrap();
+    assert!(!records.is_empty(), "no chunks in {}", data_dir.display());
+    for (hash, data) in records {
         assert_eq!(
-            merkle::Hash::of(&data).to_hex(),
-            name,
-            "chunk file {} does not hold the bytes its name promises",
-            path.display()
+            merkle::Hash::of(&data),
+            hash,
+            "a stored chunk does not hold the bytes its hash promises"
         );
     }
 }
