@@ -150,27 +150,8 @@ async fn handle(sock: UnixStream, tx: mpsc::Sender<StatusRequest>) {
     }
 }
 
-/// Asks a running daemon for its status.
-pub async fn query(path: &Path) -> anyhow::Result<Status> {
-    use anyhow::Context;
-    let sock = UnixStream::connect(path).await.with_context(|| {
-        format!(
-            "cannot reach the daemon's control socket {} (is `syncnode run` running with this data_dir?)",
-            path.display()
-        )
-    })?;
-    let (r, mut w) = sock.into_split();
-    w.write_all(b"{\"cmd\":\"status\"}\n").await?;
-    let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
-    let v: serde_json::Value = serde_json::from_str(&line).context("bad reply from daemon")?;
-    if let Some(e) = v.get("error") {
-        anyhow::bail!("daemon: {e}");
-    }
-    Ok(serde_json::from_value(v)?)
-}
-
-/// Blocking variant of [`query`] for tools and tests (no runtime needed).
+/// Asks a running daemon for its status (blocking; used by `syncnode status`,
+/// the demo and the tests, none of which needs an async runtime for it).
 pub fn query_blocking(path: &Path, timeout: std::time::Duration) -> anyhow::Result<Status> {
     use anyhow::Context;
     use std::io::{BufRead, Write};
