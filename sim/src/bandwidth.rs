@@ -1,0 +1,471 @@
+//! Per-host NIC bandwidth: fluid flows sharing each host's egress and
+//! ingress capacity max-min fairly.
+//!
+//! Every flow crosses two resources, the upload of its sender and the
+//! download of its receiver, and may carry a cap of its own (a lossy path's
+//! TCP ceiling). Rates are the max-min fair allocation (progressive
+//! filling: repeatedly saturate the resource whose fair share is smallest and
+//! freeze its flows at that share). A change (flow added or removed) only
+//! recomputes the connected component of resources it touches, so the cost
+//! of an event is proportional to the part of the swarm it can affect, not to
+//! the whole swarm.
+//!
+//! Time is virtual nanoseconds passed in by the caller; nothing here reads a
+//! clock.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+/// Identifies a flow while it exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId(pub u32);
+
+/// One transfer in progress.
+#[derive(Clone, Debug)]
+pub struct Flow<T> {
+    /// Sending host.
+    pub from: usize,
+    /// Receiving host.
+    pub to: usize,
+    /// Bytes left at `updated`.
+    remaining: f64,
+    /// Current rate, bytes/s.
+    pub rate: f64,
+    /// Cap of this flow alone (bytes/s), `f64::INFINITY` for none.
+    pub cap: f64,
+    updated: u64,
+    generation: u32,
+    /// What the caller attached to the flow.
+    pub payload: T,
+}
+
+impl<T> Flow<T> {
+    /// Bytes left at time `t`.
+    pub fn remaining_at(&self, t: u64) -> f64 {
+        (self.remaining - self.rate * (t.saturating_sub(self.updated)) as f64 / 1e9).max(0.0)
+    }
+}
+
+/// The flows of a simulated network and their max-min fair rates.
+#[derive(Debug)]
+pub struct Network<T> {
+    up_cap: Vec<f64>,
+    down_cap: Vec<f64>,
+    flows: Vec<Option<Flow<T>>>,
+    free: Vec<u32>,
+    ups: Vec<Vec<u32>>,
+    downs: Vec<Vec<u32>>,
+    finish: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    dirty: Vec<usize>,
+    /// Per resource: the epoch of the last component walk that visited it.
+    seen: Vec<u32>,
+    epoch: u32,
+    live: usize,
+    /// Resources visited by recomputations so far (a cost counter).
+    pub work: u64,
+}
+
+/// A resource: the upload (`2h`) or download (`2h + 1`) of host `h`.
+fn up(h: usize) -> usize {
+    2 * h
+}
+fn down(h: usize) -> usize {
+    2 * h + 1
+}
+
+impl<T> Network<T> {
+    /// A network of `hosts` hosts, each with `up` / `down` capacity in bytes/s.
+    pub fn new(up_cap: Vec<f64>, down_cap: Vec<f64>) -> Self {
+        assert_eq!(up_cap.len(), down_cap.len(), "one capacity pair per host");
+        let n = up_cap.len();
+        Self {
+            up_cap,
+            down_cap,
+            flows: Vec::new(),
+            free: Vec::new(),
+            ups: vec![Vec::new(); n],
+            downs: vec![Vec::new(); n],
+            finish: BinaryHeap::new(),
+            dirty: Vec::new(),
+            seen: vec![0; 2 * n],
+            epoch: 0,
+            live: 0,
+            work: 0,
+        }
+    }
+
+    /// Flows in progress.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether no flow is in progress.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Flows sent by `host`.
+    pub fn uploads(&self, host: usize) -> usize {
+        self.ups[host].len()
+    }
+
+    /// Flows received by `host`.
+    pub fn downloads(&self, host: usize) -> usize {
+        self.downs[host].len()
+    }
+
+    /// The flow, if it still exists.
+    pub fn get(&self, id: FlowId) -> Option<&Flow<T>> {
+        self.flows.get(id.0 as usize).and_then(Option::as_ref)
+    }
+
+    /// Ids of the flows sent by or to `host`.
+    pub fn flows_of(&self, host: usize) -> Vec<FlowId> {
+        let mut v: Vec<FlowId> = self.ups[host]
+            .iter()
+            .chain(&self.downs[host])
+            .map(|i| FlowId(*i))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Changes the capacities of `host` (takes effect at the next [`Network::settle`]).
+    pub fn set_caps(&mut self, host: usize, up_cap: f64, down_cap: f64) {
+        self.up_cap[host] = up_cap;
+        self.down_cap[host] = down_cap;
+        self.dirty.push(up(host));
+        self.dirty.push(down(host));
+    }
+
+    /// Changes one flow's own cap (0 stalls it), effective at the next [`Network::settle`].
+    pub fn set_flow_cap(&mut self, t: u64, id: FlowId, cap: f64) {
+        let Some(f) = self.flows.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        f.remaining = f.remaining_at(t);
+        f.updated = t;
+        f.cap = cap;
+        let (a, b) = (up(f.from), down(f.to));
+        self.dirty.push(a);
+        self.dirty.push(b);
+    }
+
+    /// Starts a flow of `bytes` from `from` to `to` at time `t`; its rate is
+    /// set by the next [`Network::settle`].
+    pub fn add(
+        &mut self,
+        t: u64,
+        from: usize,
+        to: usize,
+        bytes: f64,
+        cap: f64,
+        payload: T,
+    ) -> FlowId {
+        let flow = Flow {
+            from,
+            to,
+            remaining: bytes.max(0.0),
+            rate: 0.0,
+            cap,
+            updated: t,
+            generation: 0,
+            payload,
+        };
+        let id = match self.free.pop() {
+            Some(i) => {
+                self.flows[i as usize] = Some(flow);
+                i
+            }
+            None => {
+                self.flows.push(Some(flow));
+                (self.flows.len() - 1) as u32
+            }
+        };
+        self.ups[from].push(id);
+        self.downs[to].push(id);
+        self.dirty.push(up(from));
+        self.dirty.push(down(to));
+        self.live += 1;
+        FlowId(id)
+    }
+
+    /// Removes a flow (finished or cancelled) and returns it.
+    pub fn remove(&mut self, t: u64, id: FlowId) -> Option<Flow<T>> {
+        let mut f = self.flows.get_mut(id.0 as usize)?.take()?;
+        f.remaining = f.remaining_at(t);
+        f.updated = t;
+        self.ups[f.from].retain(|i| *i != id.0);
+        self.downs[f.to].retain(|i| *i != id.0);
+        self.dirty.push(up(f.from));
+        self.dirty.push(down(f.to));
+        self.free.push(id.0);
+        self.live -= 1;
+        Some(f)
+    }
+
+    /// The earliest time a flow finishes at its current rate, with its id.
+    pub fn next_finish(&mut self) -> Option<(u64, FlowId)> {
+        while let Some(Reverse((at, id, generation))) = self.finish.peek().copied() {
+            match self.get(FlowId(id)) {
+                Some(f) if f.generation == generation && f.rate > 0.0 => {
+                    return Some((at, FlowId(id)));
+                }
+                _ => {
+                    self.finish.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Recomputes the rates of every component touched since the last call, at time `t`.
+    pub fn settle(&mut self, t: u64) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let comp = self.component();
+        self.fill(t, &comp);
+    }
+
+    /// Flows of the components of the dirty resources.
+    fn component(&mut self) -> Vec<u32> {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let mut flows = Vec::new();
+        let mut queue: VecDeque<usize> = self.dirty.drain(..).collect();
+        while let Some(r) = queue.pop_front() {
+            if std::mem::replace(&mut self.seen[r], epoch) == epoch {
+                continue;
+            }
+            self.work += 1;
+            let list = if r.is_multiple_of(2) {
+                &self.ups[r / 2]
+            } else {
+                &self.downs[r / 2]
+            };
+            for &i in list {
+                let f = self.flows[i as usize].as_ref().expect("listed flow exists");
+                let other = if r.is_multiple_of(2) {
+                    down(f.to)
+                } else {
+                    up(f.from)
+                };
+                if self.seen[other] != epoch {
+                    queue.push_back(other);
+                }
+                flows.push(i);
+            }
+        }
+        flows.sort_unstable();
+        flows.dedup();
+        flows
+    }
+
+    /// Progressive filling over the given flows (a union of whole components).
+    fn fill(&mut self, t: u64, comp: &[u32]) {
+        use std::collections::BTreeMap;
+        // Resource -> (capacity left, unfrozen flows); flow caps are resources of their own.
+        let mut res: BTreeMap<usize, (f64, Vec<u32>)> = BTreeMap::new();
+        for &i in comp {
+            let f = self.flows[i as usize]
+                .as_mut()
+                .expect("component flow exists");
+            f.remaining = f.remaining_at(t);
+            f.updated = t;
+            f.generation = f.generation.wrapping_add(1);
+            let (a, b) = (up(f.from), down(f.to));
+            let (ca, cb) = (self.up_cap[f.from], self.down_cap[f.to]);
+            res.entry(a).or_insert((ca, Vec::new())).1.push(i);
+            res.entry(b).or_insert((cb, Vec::new())).1.push(i);
+        }
+        let mut frozen: BTreeMap<u32, f64> = BTreeMap::new();
+        let mut heap: BinaryHeap<Reverse<(Share, usize)>> = res
+            .iter()
+            .map(|(r, (cap, fl))| Reverse((Share(cap / fl.len() as f64), *r)))
+            .collect();
+        // Per-flow caps: a flow whose own cap is below every share freezes at its cap.
+        let mut capped: Vec<(Share, u32)> = comp
+            .iter()
+            .filter_map(|i| {
+                let c = self.flows[*i as usize].as_ref().map(|f| f.cap)?;
+                c.is_finite().then_some((Share(c), *i))
+            })
+            .collect();
+        capped.sort();
+        let mut capped = capped.into_iter().peekable();
+        while let Some(Reverse((Share(share), r))) = heap.pop() {
+            let (cap, list) = &res[&r];
+            let unfrozen: Vec<u32> = list
+                .iter()
+                .copied()
+                .filter(|i| !frozen.contains_key(i))
+                .collect();
+            if unfrozen.is_empty() {
+                continue;
+            }
+            let current = cap / unfrozen.len() as f64;
+            if (current - share).abs() > 1e-9 * share.max(1.0) {
+                heap.push(Reverse((Share(current), r)));
+                continue;
+            }
+            // A flow cap below this share freezes first.
+            let mut batch = Vec::new();
+            if let Some((Share(c), i)) = capped.peek().copied()
+                && c < share
+            {
+                capped.next();
+                if !frozen.contains_key(&i) {
+                    batch.push((i, c));
+                }
+                heap.push(Reverse((Share(share), r)));
+            } else {
+                batch.extend(unfrozen.iter().map(|i| (*i, share)));
+            }
+            for (i, rate) in batch {
+                frozen.insert(i, rate);
+                let f = self.flows[i as usize].as_ref().expect("flow");
+                for rr in [up(f.from), down(f.to)] {
+                    let e = res.get_mut(&rr).expect("resource");
+                    e.0 = (e.0 - rate).max(0.0);
+                    let left = e.1.iter().filter(|j| !frozen.contains_key(j)).count();
+                    if left > 0 {
+                        heap.push(Reverse((Share(e.0 / left as f64), rr)));
+                    }
+                }
+            }
+            self.work += 1;
+        }
+        for (i, rate) in frozen {
+            let f = self.flows[i as usize].as_mut().expect("flow");
+            f.rate = rate;
+            if rate > 0.0 {
+                let at = t + (f.remaining / rate * 1e9).ceil() as u64;
+                self.finish.push(Reverse((at, i, f.generation)));
+            }
+        }
+    }
+}
+
+/// A totally ordered non-negative share (bytes/s).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Share(f64);
+impl Eq for Share {}
+impl PartialOrd for Share {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Share {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rates(n: &Network<()>) -> Vec<f64> {
+        n.flows.iter().flatten().map(|f| f.rate).collect()
+    }
+
+    #[test]
+    fn one_flow_gets_the_smaller_side() {
+        let mut n = Network::new(vec![100.0, 100.0], vec![100.0, 40.0]);
+        n.add(0, 0, 1, 1000.0, f64::INFINITY, ());
+        n.settle(0);
+        assert_eq!(rates(&n), vec![40.0]);
+        assert_eq!(n.next_finish().map(|x| x.0), Some(25_000_000_000));
+    }
+
+    #[test]
+    fn leftover_capacity_is_redistributed() {
+        // Host 0 uploads to 1 and 2; host 2 also downloads from host 3.
+        // Download of 2 (100) is shared by 0->2 and 3->2: 50 each; then 0->1
+        // gets the rest of 0's upload: 100 - 50 = 50... unless 1's download
+        // limits it. With 0's upload 120: 0->2 = 50, 0->1 = 70.
+        let mut n = Network::new(vec![120.0, 100.0, 100.0, 100.0], vec![100.0; 4]);
+        let a = n.add(0, 0, 1, 1e6, f64::INFINITY, ());
+        let b = n.add(0, 0, 2, 1e6, f64::INFINITY, ());
+        let c = n.add(0, 3, 2, 1e6, f64::INFINITY, ());
+        n.settle(0);
+        let r = |id| n.get(id).expect("flow").rate;
+        assert!((r(b) - 50.0).abs() < 1e-9 && (r(c) - 50.0).abs() < 1e-9);
+        assert!((r(a) - 70.0).abs() < 1e-9, "got {}", r(a));
+    }
+
+    #[test]
+    fn a_flow_cap_frees_capacity_for_the_others() {
+        let mut n = Network::new(vec![100.0, 100.0, 100.0], vec![100.0; 3]);
+        let a = n.add(0, 0, 1, 1e6, 10.0, ());
+        let b = n.add(0, 0, 2, 1e6, f64::INFINITY, ());
+        n.settle(0);
+        assert!((n.get(a).expect("a").rate - 10.0).abs() < 1e-9);
+        assert!((n.get(b).expect("b").rate - 90.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn removing_a_flow_speeds_up_its_neighbours_and_keeps_progress() {
+        let mut n = Network::new(vec![100.0, 100.0, 100.0], vec![100.0; 3]);
+        let a = n.add(0, 0, 1, 100.0, f64::INFINITY, ());
+        let b = n.add(0, 0, 2, 100.0, f64::INFINITY, ());
+        n.settle(0);
+        // Both at 50/s; after 1 s each has 50 bytes left.
+        let gone = n.remove(1_000_000_000, a).expect("a");
+        assert!((gone.remaining_at(1_000_000_000) - 50.0).abs() < 1e-6);
+        n.settle(1_000_000_000);
+        let f = n.get(b).expect("b");
+        assert!((f.rate - 100.0).abs() < 1e-9);
+        assert_eq!(n.next_finish(), Some((1_500_000_000, b)));
+    }
+
+    #[test]
+    fn untouched_components_are_not_recomputed() {
+        let mut n = Network::new(vec![100.0; 4], vec![100.0; 4]);
+        n.add(0, 0, 1, 1e6, f64::INFINITY, ());
+        n.settle(0);
+        let before = n.work;
+        n.add(0, 2, 3, 1e6, f64::INFINITY, ());
+        n.settle(0);
+        // Only host 2's upload and host 3's download were visited (+1 fill step).
+        assert!(n.work - before <= 3, "visited {}", n.work - before);
+    }
+
+    proptest::proptest! {
+        /// Max-min fairness: no resource is over capacity, and every flow is
+        /// bottlenecked (it crosses a saturated resource where it has the
+        /// largest rate, or sits at its own cap).
+        #[test]
+        fn allocation_is_feasible_and_max_min_fair(
+            edges in proptest::collection::vec((0usize..6, 0usize..6, proptest::option::of(1.0f64..50.0)), 1..20),
+            caps in proptest::collection::vec(10.0f64..200.0, 12),
+        ) {
+            let mut n = Network::new(caps[..6].to_vec(), caps[6..].to_vec());
+            for (a, b, c) in &edges {
+                n.add(0, *a, *b, 1e6, c.unwrap_or(f64::INFINITY), ());
+            }
+            n.settle(0);
+            let flows: Vec<&Flow<()>> = n.flows.iter().flatten().collect();
+            let load = |res: usize| -> f64 {
+                flows.iter().filter(|f| if res.is_multiple_of(2) { up(f.from) == res } else { down(f.to) == res }).map(|f| f.rate).sum()
+            };
+            let cap = |res: usize| if res.is_multiple_of(2) { n.up_cap[res / 2] } else { n.down_cap[res / 2] };
+            for res in 0..12 {
+                proptest::prop_assert!(load(res) <= cap(res) * (1.0 + 1e-9) + 1e-9);
+            }
+            for f in &flows {
+                let at_cap = (f.rate - f.cap).abs() < 1e-6;
+                let bottleneck = [up(f.from), down(f.to)].into_iter().any(|res| {
+                    let saturated = (load(res) - cap(res)).abs() < 1e-6 * cap(res);
+                    let largest = flows.iter()
+                        .filter(|g| if res.is_multiple_of(2) { up(g.from) == res } else { down(g.to) == res })
+                        .all(|g| g.rate <= f.rate + 1e-6);
+                    saturated && largest
+                });
+                proptest::prop_assert!(at_cap || bottleneck, "flow {}->{} at {} not bottlenecked", f.from, f.to, f.rate);
+            }
+        }
+    }
+}
