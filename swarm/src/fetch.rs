@@ -342,6 +342,9 @@ pub struct Fetch<P> {
     complete_emitted: bool,
     /// Something changed since the last scan that found nothing to request.
     rescan: bool,
+    /// Since that scan, only announcements came in: only these chunks can
+    /// have gained a candidate, so the next scan looks at them alone.
+    focus: Option<Vec<ChunkIdx>>,
     /// When a chunk held only far away stops waiting for its rack's
     /// responsible member (computed by the last full scan).
     remote_wakeup: Option<Instant>,
@@ -425,6 +428,7 @@ where
             actions: VecDeque::new(),
             complete_emitted: false,
             rescan: true,
+            focus: None,
             remote_wakeup: None,
             rng,
             policy,
@@ -435,7 +439,17 @@ where
 
     /// Applies one event from the driver.
     pub fn handle(&mut self, now: Instant, input: Input<P>) {
-        self.rescan = true;
+        if let Input::PeerHas { chunks, .. } = &input
+            && !self.rescan
+        {
+            // Only the announcing peer changed, for these chunks.
+            self.focus
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(chunks);
+        } else {
+            self.rescan = true;
+            self.focus = None;
+        }
         match input {
             Input::PeerConnected { peer, origin } => {
                 let s = self.slot(peer);
@@ -473,6 +487,7 @@ where
     /// expired lack marks.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.rescan = true;
+        self.focus = None;
         if self.remote_wakeup.is_some_and(|t| t <= now) {
             self.remote_wakeup = None;
         }

@@ -6,7 +6,6 @@
 
 use std::fmt;
 use std::hash::Hash;
-use std::ops::Bound::{Excluded, Unbounded};
 use std::time::{Duration, Instant};
 
 use super::{Action, ChunkState, Fetch, Outstanding, responsible_rank};
@@ -155,17 +154,29 @@ where
     }
 
     pub(super) fn schedule(&mut self, now: Instant) -> Option<Action<P>> {
-        if !self.rescan || self.is_complete() {
+        if self.is_complete() {
             return None;
         }
+        let focus = if self.rescan {
+            self.focus = None;
+            None
+        } else {
+            Some(self.focus.take()?)
+        };
         let cap = self
             .config
             .max_in_flight_total
             .min(self.config.download_slots);
         if self.in_flight < cap {
-            let pick = match self.pick_needed(now) {
-                Some(p) => Some(p),
-                None => self.pick_endgame(now),
+            let pick = match self.pick_needed(now, focus.as_deref()) {
+                Some(p) => {
+                    if !self.rescan {
+                        self.focus = focus; // more of them may be pickable
+                    }
+                    Some(p)
+                }
+                None if focus.is_none() => self.pick_endgame(now),
+                None => None,
             };
             if let Some((chunk, s)) = pick {
                 self.assign(now, chunk, s);
@@ -241,10 +252,46 @@ where
         cands.keep_near()
     }
 
+    /// Slots that could take a request now: usable, under their cap, not
+    /// backed off after `Busy`. Every candidate of every chunk is one of them.
+    fn free_slots(&self, now: Instant) -> Vec<u32> {
+        (0..self.peers.len() as u32)
+            .filter(|s| {
+                let st = &self.peers[*s as usize];
+                st.usable() && st.in_flight.len() < self.cap(st) && !st.busy(now)
+            })
+            .collect()
+    }
+
     /// One of the `rarest_window` rarest needed chunks with an allowed
     /// candidate (seeded uniform choice), and its peer. Also recomputes
     /// `remote_wakeup` when the walk covers the whole queue.
-    fn pick_needed(&mut self, now: Instant) -> Option<(ChunkIdx, u32)> {
+    ///
+    /// Cost: the free slots are found first (O(peers)); with none the walk
+    /// is skipped (nothing could be asked; whatever frees a slot, an answer
+    /// or a backoff's end, comes with an input or a timer that rescans). A
+    /// chunk none of whose announced holders is free is skipped in
+    /// O(free) before its candidates are built (unless a free peer is of
+    /// unknown availability, or is the origin and the chunk has no holder or
+    /// some peer has a lack mark). With `focus` (only announcements
+    /// since the last fruitless scan) only those chunks are walked, in
+    /// rarest-first order; nothing else can have gained a candidate.
+    fn pick_needed(&mut self, now: Instant, focus: Option<&[ChunkIdx]>) -> Option<(ChunkIdx, u32)> {
+        let free = self.free_slots(now);
+        if free.is_empty() {
+            self.remote_wakeup = None;
+            return None;
+        }
+        // (slot, near, unknown, origin) of each free slot, for the quick test below.
+        let free: Vec<(u32, bool, bool, bool)> = free
+            .iter()
+            .map(|s| {
+                let st = &self.peers[*s as usize];
+                (*s, st.distance <= NEAR, self.unknown.contains(s), st.origin)
+            })
+            .collect();
+        // With no lack marks anywhere, the origin is a candidate only for chunks without holders.
+        let any_lacks = self.peers.iter().any(|st| !st.lacks.is_empty());
         let idle = self.in_flight == 0;
         let window = self.config.rarest_window.max(1);
         let near_unknown = self
@@ -255,13 +302,27 @@ where
         let mut fallback = None;
         let mut cands = Cands::default();
         let mut found: Vec<(ChunkIdx, Cands)> = Vec::new();
-        let mut next = self.needed.first().copied();
-        while let Some(key) = next {
-            next = self
-                .needed
-                .range((Excluded(key), Unbounded))
-                .next()
-                .copied();
+        let mut whole_walk = focus.is_none();
+        let narrow: Option<Vec<(u32, u32)>> = focus.map(|f| {
+            let mut keys: Vec<(u32, u32)> = f
+                .iter()
+                .filter(|c| self.states.get(c.0 as usize) == Some(&ChunkState::Needed))
+                .map(|c| {
+                    (
+                        self.holders[c.0 as usize].len() as u32,
+                        self.rank_of[c.0 as usize],
+                    )
+                })
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        });
+        let keys: Box<dyn Iterator<Item = &(u32, u32)> + '_> = match &narrow {
+            Some(v) => Box::new(v.iter()),
+            None => Box::new(self.needed.iter()),
+        };
+        for key in keys {
             let c = self.by_rank[key.1 as usize];
             let i = c.0 as usize;
             let waiting =
@@ -272,6 +333,18 @@ where
                     continue; // O(1) skip: nothing but far peers could serve it now
                 }
             }
+            // Mirror of `candidates` + `apply_rack_rule`, as a necessary condition.
+            let origin_ok = !self.config.origin_last || any_lacks || self.holders[i].is_empty();
+            let rack_near_only = self.near[i] > 0
+                || !(self.mine(c) || self.remote_ok_at(c).is_some_and(|t| t <= now));
+            let near_only = self.near[i] > 0 || (rack_near_only && !(idle && fallback.is_none()));
+            let could = free.iter().any(|&(s, near, unknown, origin)| {
+                (near || !near_only)
+                    && (unknown || (origin && origin_ok) || self.peers[s as usize].holds(c))
+            });
+            if !could {
+                continue; // no free peer could serve it: no candidate
+            }
             self.candidates(c, now, &mut cands);
             if self.apply_rack_rule(c, now, &mut cands) && idle && fallback.is_none() {
                 fallback = Some(c);
@@ -279,11 +352,12 @@ where
             if !cands.list.is_empty() {
                 found.push((c, std::mem::take(&mut cands)));
                 if found.len() >= window {
+                    whole_walk = false;
                     break;
                 }
             }
         }
-        if next.is_none() {
+        if whole_walk {
             self.remote_wakeup = wake;
         }
         while !found.is_empty() {
@@ -308,6 +382,9 @@ where
     /// allowed holder not asked yet.
     fn pick_endgame(&mut self, now: Instant) -> Option<(ChunkIdx, u32)> {
         if !self.config.endgame || !self.needed.is_empty() || self.config.endgame_max_dup < 2 {
+            return None;
+        }
+        if self.free_slots(now).is_empty() {
             return None;
         }
         let max = self.config.endgame_max_dup;
