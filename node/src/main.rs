@@ -1,6 +1,7 @@
 //! The `syncnode` command: daemon, publisher, status, key generation and demo.
 
 mod demo;
+mod simulate;
 
 use std::path::PathBuf;
 
@@ -25,7 +26,10 @@ Examples:
       --key publisher.key --listen /ip4/0.0.0.0/tcp/7412 --until-complete 8
 
   # Ask a running daemon what it holds
-  syncnode status --config /etc/syncnode/node.yaml";
+  syncnode status --config /etc/syncnode/node.yaml
+
+  # Simulate 1,000 nodes (deterministic; the seed replays a run exactly)
+  syncnode sim sim/scenarios/fanout-1000.yaml --seed 1";
 
 #[derive(Parser, Debug)]
 #[command(name = "syncnode", version, about = "Distribute model checkpoints to every node of a cluster, verified, incrementally, peer to peer.", after_help = EXAMPLES)]
@@ -128,6 +132,9 @@ enum Cmd {
     /// Run the built-in example: a generated checkpoint, a publisher and nodes on loopback.
     #[command(after_help = "Example:\n  syncnode demo --nodes 3 --size-mib 64")]
     Demo(demo::DemoArgs),
+    /// Run a scenario in the deterministic simulator (the real swarm core, simulated network).
+    #[command(after_help = simulate::EXAMPLES)]
+    Sim(simulate::SimArgs),
 }
 
 fn init_logs(format: LogFormat, level: &str) -> anyhow::Result<()> {
@@ -255,6 +262,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Sim(args) => simulate::run(args),
     }
 }
 

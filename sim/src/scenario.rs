@@ -269,6 +269,12 @@ pub struct SwarmKnobs {
     pub peer_timeout_ms: f64,
     /// Delay before re-dialling a peer that is reachable again (default 1000 ms, the daemon's first redial backoff).
     pub reconnect_ms: f64,
+    /// How long a chunk held only outside the rack waits for the rack member
+    /// responsible for it (`FetchConfig::remote_wait`; default: the core's default).
+    pub remote_wait_ms: Option<f64>,
+    /// How long the origin refuses a second copy of a chunk while others
+    /// never left it (`UploadGate::spreading_first`; default 500 ms).
+    pub origin_resend_ms: Option<f64>,
 }
 
 impl Default for SwarmKnobs {
@@ -280,6 +286,8 @@ impl Default for SwarmKnobs {
             announce_interval_ms: 100.0,
             peer_timeout_ms: 2000.0,
             reconnect_ms: 1000.0,
+            remote_wait_ms: None,
+            origin_resend_ms: None,
         }
     }
 }
@@ -401,6 +409,11 @@ impl Scenario {
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(bad(key, "must be a positive number of milliseconds"));
+            }
+        }
+        for (key, v) in [("swarm.remote_wait_ms", k.remote_wait_ms), ("swarm.origin_resend_ms", k.origin_resend_ms)] {
+            if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                return Err(bad(key, "must be a non-negative number of milliseconds"));
             }
         }
         if !(self.checks.liveness_factor.is_finite() && self.checks.liveness_factor >= 1.0) {

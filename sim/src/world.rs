@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use swarm::rng::SplitMix64;
+use swarm::serve::{Admission, DEFAULT_RESEND_AFTER, UploadGate};
 use swarm::{Action, ChunkIdx, Fetch, FetchConfig, Input};
 
 use crate::bandwidth::Network;
@@ -83,6 +84,8 @@ pub(crate) struct Host {
     pub(crate) group: u32,
     /// Bytes delivered to this host.
     pub(crate) received: u64,
+    /// Upload admission (the core's `UploadGate`, as the daemon uses it).
+    pub(crate) gate: UploadGate<u32>,
 }
 
 /// What an event carries.
@@ -322,9 +325,14 @@ impl World {
         let hosts = Self::build_hosts(&sc, &mut rng, lens.len());
         let bps = |h: &Host| h.base_bps;
         let caps: Vec<f64> = hosts.iter().map(bps).collect();
+        let defaults = FetchConfig::default();
         let fetch_config = FetchConfig {
             download_slots: sc.swarm.download_slots as usize,
-            ..FetchConfig::default()
+            remote_wait: sc
+                .swarm
+                .remote_wait_ms
+                .map_or(defaults.remote_wait, |v| Duration::from_nanos(ms(v))),
+            ..defaults
         };
         let n = hosts.len();
         let mut w = World {
@@ -413,6 +421,7 @@ impl World {
                     timer_gen: 0,
                     group: 0,
                     received: 0,
+                    gate: UploadGate::new(sc.swarm.upload_slots as usize),
                 }
             })
             .collect();

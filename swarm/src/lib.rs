@@ -48,6 +48,10 @@
 //! follow the measured rate ([`Fetch::peer_stats`]); the tail is duplicated
 //! (endgame). See `swarm/STATE.md`.
 //!
+//! [`serve::UploadGate`]: the serving side's admission control (upload
+//! slots answered `Busy` beyond the limit; an origin spreading distinct
+//! chunks first).
+//!
 //! # What comes later
 //!
 //! Reaching ~S/B fan-out (see "Open problems" in `swarm/STATE.md`), grouping
@@ -58,6 +62,7 @@ mod fetch;
 mod peer;
 pub mod policy;
 pub mod rng;
+pub mod serve;
 
 pub use fetch::{
     Action, ChunkState, Fetch, FetchConfig, Input, Outstanding, PeerStats, Progress,

@@ -126,6 +126,11 @@ impl World {
             self.hosts[ORIGIN as usize].store[g as usize] = self.tokens[g as usize];
         }
         self.hosts[ORIGIN as usize].current = Some(v);
+        let earlier: std::collections::HashSet<u32> =
+            self.versions[..v].iter().flat_map(|x| x.chunks.iter().copied()).collect();
+        let fresh = self.versions[v].chunks.iter().filter(|g| !earlier.contains(g)).count();
+        let resend = self.sc.swarm.origin_resend_ms.map_or(DEFAULT_RESEND_AFTER, |v| Duration::from_nanos(ms(v)));
+        self.hosts[ORIGIN as usize].gate.spread_anew(fresh, resend);
         for h in 1..=self.sc.nodes {
             if self.reachable(ORIGIN, h) {
                 // Gossip of the signed root, then the manifest round trip.
@@ -167,7 +172,10 @@ impl World {
         }
         let s = &self.hosts[server as usize];
         let held = s.store[gid as usize];
-        if held != 0 && self.net.uploads(server as usize) >= self.sc.swarm.upload_slots as usize {
+        let now = self.now();
+        let admitted = held != 0 && self.hosts[server as usize].gate.admit(now, &gid) == Admission::Serve;
+        let s = &self.hosts[server as usize];
+        if held != 0 && !admitted {
             self.counters.busy += 1;
             let at = self.t + self.msg_delay(server, client);
             self.push(
@@ -260,6 +268,7 @@ impl World {
     pub(crate) fn drop_flow(&mut self, id: crate::bandwidth::FlowId) {
         let t = self.t;
         if let Some(f) = self.net.remove(t, id) {
+            self.hosts[f.from].gate.finished();
             let sent = f64::from(self.lens[f.payload.gid as usize]) - f.remaining_at(t);
             self.counters.wasted += sent.max(0.0) as u64;
         }

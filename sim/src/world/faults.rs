@@ -2,6 +2,7 @@
 //! Byzantine nodes, the origin dying; connection loss and reconnection.
 
 use swarm::Input;
+use swarm::serve::UploadGate;
 
 use super::*;
 
@@ -186,6 +187,7 @@ impl World {
         for id in self.net.flows_of(host as usize) {
             self.drop_flow(id);
         }
+        self.hosts[host as usize].gate = UploadGate::new(self.sc.swarm.upload_slots as usize);
         // The kernel resets the connections: peers notice after one latency.
         for p in self.hosts[host as usize].nbrs.clone() {
             let at = self.t + self.latency(host, p);

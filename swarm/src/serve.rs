@@ -1,0 +1,146 @@
+//! The serving side: which chunk requests an uploader takes on.
+//!
+//! [`UploadGate`] answers each incoming request with [`Admission::Serve`]
+//! or [`Admission::Busy`]: at most `max_uploads` uploads run at once (more
+//! are refused at once, so the requester turns to another holder instead of
+//! queueing behind a full link), and an origin can *spread first*: while some
+//! chunk of the version has never left it, it refuses to send a second copy
+//! of a chunk it started sending less than `resend_after` ago. That copy is
+//! already on its way into the swarm and will be announced within about one
+//! chunk-time; the origin's upload is worth more injecting a chunk nobody has
+//! (BitTorrent calls the extreme form of this super-seeding). Once every chunk
+//! has left the origin once, or `resend_after` has passed (the first receiver
+//! may have died), it serves copies again.
+//!
+//! Like the rest of the crate it is sans-IO: time comes in as arguments.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// A good `resend_after` for an origin: a few chunk-times at data-centre
+/// rates plus announcement delays, short enough that a lost first copy
+/// costs little.
+pub const DEFAULT_RESEND_AFTER: Duration = Duration::from_millis(500);
+
+/// What to answer a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Start the upload; call [`UploadGate::finished`] when it ends, however it ends.
+    Serve,
+    /// Answer `Busy`: the requester tries elsewhere.
+    Busy,
+}
+
+#[derive(Debug)]
+struct Spread<K> {
+    first_sent: HashMap<K, Instant>,
+    total: usize,
+    resend_after: Duration,
+}
+
+/// Admission control for uploads.
+#[derive(Debug)]
+pub struct UploadGate<K> {
+    max_uploads: usize,
+    active: usize,
+    spread: Option<Spread<K>>,
+}
+
+impl<K: Hash + Eq + Clone> UploadGate<K> {
+    /// At most `max_uploads` (at least 1) uploads at once.
+    pub fn new(max_uploads: usize) -> Self {
+        Self {
+            max_uploads: max_uploads.max(1),
+            active: 0,
+            spread: None,
+        }
+    }
+
+    /// Spread first (for the origin of a version of `total` distinct chunks).
+    pub fn spreading_first(mut self, total: usize, resend_after: Duration) -> Self {
+        self.spread_anew(total, resend_after);
+        self
+    }
+
+    /// Starts spreading a new version of `total` new chunks (running uploads keep their slots).
+    pub fn spread_anew(&mut self, total: usize, resend_after: Duration) {
+        self.spread = Some(Spread {
+            first_sent: HashMap::new(),
+            total,
+            resend_after,
+        });
+    }
+
+    /// Decides on a request for `key` at `now`; `Serve` counts as an upload started.
+    pub fn admit(&mut self, now: Instant, key: &K) -> Admission {
+        if self.active >= self.max_uploads {
+            return Admission::Busy;
+        }
+        if let Some(sp) = &mut self.spread {
+            let spreading = sp.first_sent.len() < sp.total;
+            match sp.first_sent.get(key) {
+                Some(t0) if spreading && now.saturating_duration_since(*t0) < sp.resend_after => {
+                    return Admission::Busy;
+                }
+                Some(_) => {}
+                None => {
+                    sp.first_sent.insert(key.clone(), now);
+                }
+            }
+        }
+        self.active += 1;
+        Admission::Serve
+    }
+
+    /// An admitted upload ended (sent, failed or cancelled).
+    pub fn finished(&mut self) {
+        debug_assert!(self.active > 0, "finished without an admitted upload");
+        self.active = self.active.saturating_sub(1);
+    }
+
+    /// Uploads running now.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// Distinct chunks that have left this uploader at least once (spread-first only).
+    pub fn spread(&self) -> Option<usize> {
+        self.spread.as_ref().map(|s| s.first_sent.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_max_uploads_run_at_once() {
+        let now = Instant::now();
+        let mut g = UploadGate::new(2);
+        assert_eq!(g.admit(now, &1), Admission::Serve);
+        assert_eq!(g.admit(now, &1), Admission::Serve);
+        assert_eq!(g.admit(now, &2), Admission::Busy);
+        g.finished();
+        assert_eq!(g.admit(now, &2), Admission::Serve);
+        assert_eq!(g.active(), 2);
+    }
+
+    #[test]
+    fn an_origin_spreads_distinct_chunks_first() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut g = UploadGate::new(4).spreading_first(3, ms(500));
+        assert_eq!(g.admit(t, &"a"), Admission::Serve);
+        // A second copy of a while others never left: refused...
+        assert_eq!(g.admit(t + ms(10), &"a"), Admission::Busy);
+        assert_eq!(g.admit(t + ms(10), &"b"), Admission::Serve);
+        // ...until resend_after has passed (its first receiver may be gone).
+        assert_eq!(g.admit(t + ms(500), &"a"), Admission::Serve);
+        assert_eq!(g.admit(t + ms(501), &"b"), Admission::Busy);
+        // Once every chunk left once, copies are served at once.
+        assert_eq!(g.admit(t + ms(502), &"c"), Admission::Serve);
+        assert_eq!(g.admit(t + ms(503), &"b"), Admission::Serve);
+        assert_eq!(g.spread(), Some(3));
+    }
+}
