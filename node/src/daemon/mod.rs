@@ -123,12 +123,15 @@ struct PeerInfo {
 /// `corrupt-serve` flips a byte of every chunk this process serves;
 /// `notfound-serve` answers `NotFound` for every chunk it holds (while still
 /// announcing them: a lying `Have`);
-/// `serve-delay-ms=N` delays every chunk it serves by N ms. Logged loudly at start.
+/// `serve-delay-ms=N` delays every chunk it serves by N ms;
+/// `materialize-delay-ms=N` sleeps N ms before each file it materializes.
+/// Logged loudly at start.
 #[derive(Debug, Default, Clone, Copy)]
 struct Faults {
     corrupt_serve: bool,
     notfound_serve: bool,
     serve_delay: Option<Duration>,
+    materialize_delay: Option<Duration>,
 }
 
 impl Faults {
@@ -145,11 +148,20 @@ impl Faults {
                 .and_then(|v| v.parse().ok())
             {
                 f.serve_delay = Some(Duration::from_millis(ms));
+            } else if let Some(ms) = part
+                .strip_prefix("materialize-delay-ms=")
+                .and_then(|v| v.parse().ok())
+            {
+                f.materialize_delay = Some(Duration::from_millis(ms));
             } else {
                 tracing::warn!(fault = part, "unknown SYNCNODE_FAULT entry ignored");
             }
         }
-        if f.corrupt_serve || f.notfound_serve || f.serve_delay.is_some() {
+        if f.corrupt_serve
+            || f.notfound_serve
+            || f.serve_delay.is_some()
+            || f.materialize_delay.is_some()
+        {
             tracing::warn!(
                 ?f,
                 "FAULT INJECTION active (SYNCNODE_FAULT); never use in production"

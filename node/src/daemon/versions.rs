@@ -352,8 +352,9 @@ impl Daemon {
         let data_dir = self.cfg.raw.data_dir.clone();
         let fsync = self.cfg.raw.fsync;
         let tx = self.mat_tx.clone();
+        let pause = self.faults.materialize_delay.unwrap_or_default();
         tokio::task::spawn_blocking(move || {
-            let r = materialize::materialize(&data_dir, &m, &root, &store, fsync)
+            let r = materialize::materialize_paced(&data_dir, &m, &root, &store, fsync, pause)
                 .map_err(|e| e.to_string());
             let _ = tx.blocking_send((root, r));
         });
