@@ -67,7 +67,11 @@ fn a_peer_announcing_chunks_it_lacks_is_penalised_banned_and_stays_banned_for_th
     let log = b.log_text();
     let lies = log
         .lines()
-        .filter(|l| l.contains("announced chunks it does not have") && l.contains(&liar_id))
+        .filter(|l| {
+            l.contains("penalising peer: announced chunks it does not have")
+                && l.contains(&liar_id)
+                && l.contains(r#""version":"v1""#)
+        })
         .count();
     let bans = log
         .lines()
@@ -98,7 +102,7 @@ fn a_peer_announcing_chunks_it_lacks_is_penalised_banned_and_stays_banned_for_th
     let log = b.log_text();
     let v2_penalties: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("penalising peer") && l.contains("version=v2"))
+        .filter(|l| l.contains("penalising peer") && l.contains(r#""version":"v2""#))
         .collect();
     assert!(
         v2_penalties.is_empty(),
