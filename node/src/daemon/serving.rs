@@ -225,7 +225,11 @@ impl Daemon {
             let Ok(id) = PeerId::from_bytes(&rec.id) else {
                 continue;
             };
-            if id == me || self.swarm.is_connected(&id) || budget == 0 {
+            let banned = self
+                .sessions
+                .get(&id)
+                .is_some_and(swarm::Session::is_banned);
+            if id == me || banned || self.swarm.is_connected(&id) || budget == 0 {
                 continue;
             }
             let addrs: Vec<Multiaddr> = rec

@@ -10,6 +10,9 @@ use swarm::{Session, SessionAction, SessionConfig, SessionInput, SessionState};
 
 use super::*;
 
+/// Redials of a lost peer before its session gives up (`Gone`).
+const MAX_REDIALS: u32 = 100;
+
 /// The session tunables from the node config.
 pub(super) fn session_config(cfg: &Validated) -> SessionConfig {
     SessionConfig {
@@ -17,6 +20,10 @@ pub(super) fn session_config(cfg: &Validated) -> SessionConfig {
         suspect_after: Duration::from_millis(cfg.raw.peer_timeout_ms / 2),
         max_offences: cfg.raw.ban_after,
         ban_duration: Duration::from_secs(cfg.raw.ban_secs),
+        // About a quarter of an hour of redials at the 10 s cap; bootstrap
+        // addresses are redialled for ever by `dial_bootstrap` regardless,
+        // and an inbound connection revives a session that gave up.
+        max_attempts: Some(MAX_REDIALS),
         ..SessionConfig::default()
     }
 }
