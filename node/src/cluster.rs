@@ -184,6 +184,19 @@ impl Cluster {
     }
 
     fn spawn(&self, name: &str, args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        self.spawn_wrapped(name, &[], args, env)
+    }
+
+    /// Starts `syncnode ARGS` as process `name`, run through `wrapper` (for
+    /// example `["ip", "netns", "exec", "ns1"]`, which execs in place so the
+    /// child is the daemon itself and [`Proc::kill`] kills the daemon).
+    pub fn spawn_wrapped(
+        &self,
+        name: &str,
+        wrapper: &[&str],
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let data_dir = self.root.join(name);
         std::fs::create_dir_all(&data_dir)?;
         let log = self.root.join(format!("{name}.log"));
@@ -191,7 +204,14 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&log)?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -74,6 +74,18 @@ pub struct NodeConfig {
     pub max_in_flight_per_peer: usize,
     /// Seconds before an unanswered chunk request is retried elsewhere. Default 10.
     pub request_timeout_secs: u64,
+    /// Milliseconds without a heartbeat answer or any bytes from a connected
+    /// peer after which its link is declared cut: the connection is closed,
+    /// its outstanding requests move to other peers at once, and it is
+    /// redialled with backoff. Heartbeats (libp2p ping) go every quarter of
+    /// this. Default 2000.
+    pub peer_timeout_ms: u64,
+    /// Offences (corrupt chunks; every `3` chunks it announced but answered
+    /// `NotFound` for) after which a peer is banned. Default 3.
+    pub ban_after: u32,
+    /// Seconds a banned peer stays banned (not asked, not dialled, its
+    /// connections closed), across versions. Default 600.
+    pub ban_secs: u64,
     /// Most peers kept connected; peers learned through exchange beyond this are not dialled. Default 64.
     pub max_peers: usize,
     /// Chunk uploads served at once; further requests are answered `Busy` at
@@ -104,6 +116,9 @@ impl Default for NodeConfig {
             max_in_flight: 64,
             max_in_flight_per_peer: 16,
             request_timeout_secs: 10,
+            peer_timeout_ms: 2000,
+            ban_after: 3,
+            ban_secs: 600,
             max_peers: 64,
             max_uploads: 2,
             max_downloads: 2,
@@ -202,6 +217,24 @@ impl NodeConfig {
             return Err(value_err(
                 "request_timeout_secs",
                 format!("{} is out of range 1..=3600", self.request_timeout_secs),
+            ));
+        }
+        if !(100..=600_000).contains(&self.peer_timeout_ms) {
+            return Err(value_err(
+                "peer_timeout_ms",
+                format!("{} is out of range 100..=600000", self.peer_timeout_ms),
+            ));
+        }
+        if self.ban_after == 0 || self.ban_after > 1000 {
+            return Err(value_err(
+                "ban_after",
+                format!("{} is out of range 1..=1000", self.ban_after),
+            ));
+        }
+        if self.ban_secs > 30 * 86_400 {
+            return Err(value_err(
+                "ban_secs",
+                format!("{} is out of range 0..=2592000 (30 days)", self.ban_secs),
             ));
         }
         self.chunker
@@ -308,6 +341,18 @@ mod tests {
             (
                 &format!("trusted_publishers: [{KEY}]\nmax_peers: many\n"),
                 "max_peers",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\npeer_timeout_ms: 5\n"),
+                "peer_timeout_ms",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\nban_after: 0\n"),
+                "ban_after",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\nban_secs: 99999999\n"),
+                "ban_secs",
             ),
         ];
         for (text, key) in cases {

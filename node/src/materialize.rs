@@ -12,6 +12,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use merkle::{Hash, Manifest};
 use sha2::Digest;
@@ -93,9 +94,23 @@ pub fn materialize(
     store: &ChunkStore,
     fsync: bool,
 ) -> Result<PathBuf, MaterializeError> {
+    materialize_paced(data_dir, manifest, root, store, fsync, Duration::ZERO)
+}
+
+/// [`materialize`], sleeping `pause` after each file (a test fault switch:
+/// it widens the window in which a kill lands mid-materialization).
+pub fn materialize_paced(
+    data_dir: &Path,
+    manifest: &Manifest,
+    root: &Hash,
+    store: &ChunkStore,
+    fsync: bool,
+    pause: Duration,
+) -> Result<PathBuf, MaterializeError> {
     let channel_dir = data_dir.join(&manifest.channel);
     let final_dir = channel_dir.join(&manifest.version);
     fs::create_dir_all(&channel_dir).map_err(io("create", &channel_dir))?;
+    remove_stale_staging(&channel_dir);
     if !is_materialized(data_dir, manifest, root) {
         let staging = channel_dir.join(format!(
             ".staging-{}-{}-{}",
@@ -104,7 +119,7 @@ pub fn materialize(
             unique()
         ));
         fs::create_dir(&staging).map_err(io("create", &staging))?;
-        let built = write_files(&staging, manifest, store, fsync);
+        let built = write_files(&staging, manifest, store, fsync, pause);
         if let Err(e) = built {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
@@ -132,13 +147,32 @@ fn unique() -> u128 {
         .unwrap_or(0)
 }
 
+/// Removes staging folders left by an earlier process (killed mid-way):
+/// their names carry the writer's pid, and one daemon owns a data_dir.
+fn remove_stale_staging(channel_dir: &Path) {
+    let Ok(entries) = fs::read_dir(channel_dir) else {
+        return;
+    };
+    let mine = format!("-{}-", std::process::id());
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if (name.starts_with(".staging-") || name.starts_with(".old-")) && !name.contains(&mine) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn write_files(
     staging: &Path,
     manifest: &Manifest,
     store: &ChunkStore,
     fsync: bool,
+    pause: Duration,
 ) -> Result<(), MaterializeError> {
     for file in &manifest.files {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
         // Manifest paths were validated: relative, no `..`, no empty components.
         let path = staging.join(&file.path);
         if let Some(parent) = path.parent() {

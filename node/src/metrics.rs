@@ -33,6 +33,10 @@ pub struct Metrics {
     pub roots_rejected: AtomicU64,
     /// Connected peers (gauge).
     pub peers: AtomicU64,
+    /// Peer links declared cut (silent for `peer_timeout_ms`).
+    pub links_cut: AtomicU64,
+    /// Peers banned after repeated offences.
+    pub peers_banned: AtomicU64,
 }
 
 impl Metrics {
@@ -43,7 +47,19 @@ impl Metrics {
 
     /// Renders the Prometheus text exposition.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 11] = [
+            (
+                "syncnode_links_cut_total",
+                "counter",
+                "Peer links declared cut after peer_timeout_ms of silence.",
+                &self.links_cut,
+            ),
+            (
+                "syncnode_peers_banned_total",
+                "counter",
+                "Peers banned after repeated offences.",
+                &self.peers_banned,
+            ),
             (
                 "syncnode_bytes_fetched_total",
                 "counter",

@@ -71,6 +71,12 @@ pub struct FetchConfig {
     /// late. Raise it for links with a large bandwidth-delay product.
     /// Values below 1 are treated as 1.
     pub download_slots: usize,
+    /// `NotFound` answers for chunks a peer announced (`PeerHas` /
+    /// `PeerHasAll`: a lying announcement) that count as one strike
+    /// ([`REASON_LYING`]) (default 3). An honest peer that garbage-collected
+    /// a chunk says so rarely; one that announces what it lacks wastes a
+    /// request each time. Values below 1 are treated as 1.
+    pub max_lies: u32,
 }
 
 impl Default for FetchConfig {
@@ -90,6 +96,7 @@ impl Default for FetchConfig {
             busy_backoff: Duration::from_millis(10),
             rarest_window: 4,
             download_slots: 2,
+            max_lies: 3,
         }
     }
 }
@@ -186,6 +193,28 @@ pub enum Input<P> {
         rank: u32,
         /// Nodes in the rack (0 counts as 1).
         size: u32,
+    },
+    /// The peer's link looks unhealthy (a heartbeat was missed or it has
+    /// been silent; see [`Session`](crate::Session)): it keeps what is in
+    /// flight to it but gets at most one request until it answers, like a
+    /// peer whose request timed out.
+    PeerSuspect {
+        /// The peer.
+        peer: P,
+    },
+    /// The peer is banned by the driver (for a while, across fetches; see
+    /// [`Session`](crate::Session)): its requests are cancelled and it is not
+    /// asked again until [`Input::PeerUnbanned`]. No `Penalise` or `Ban`
+    /// action is emitted (the driver already knows).
+    PeerBanned {
+        /// The peer.
+        peer: P,
+    },
+    /// The driver's ban of the peer ended: strikes and lies are forgotten and
+    /// it may be asked again once connected.
+    PeerUnbanned {
+        /// The peer.
+        peer: P,
     },
 }
 
@@ -296,6 +325,10 @@ pub fn responsible_rank(chunk: ChunkIdx, size: u32) -> u32 {
 /// [`Action::Penalise`] reason for a chunk that failed verification.
 pub const REASON_CORRUPT: &str = "corrupt chunk";
 
+/// [`Action::Penalise`] reason for a peer that answered `NotFound` for
+/// [`FetchConfig::max_lies`] chunks it had announced.
+pub const REASON_LYING: &str = "announced chunks it does not have";
+
 /// Sans-IO scheduler for the download of one version by one node.
 ///
 /// Feed it [`Input`]s with [`handle`](Self::handle), call
@@ -395,6 +428,7 @@ where
             .clamp(1, config.max_in_flight_per_peer);
         config.endgame_max_dup = config.endgame_max_dup.max(1);
         config.download_slots = config.download_slots.max(1);
+        config.max_lies = config.max_lies.max(1);
         let mut rng = SplitMix64::new(seed);
         let mut by_rank: Vec<ChunkIdx> = (0..n).map(ChunkIdx).collect();
         rng.shuffle(&mut by_rank);
@@ -477,6 +511,26 @@ where
             Input::LocalGroup { rank, size } => {
                 self.local_size = size.max(1);
                 self.local_rank = rank;
+            }
+            Input::PeerSuspect { peer } => {
+                let s = self.slot(peer);
+                self.peers[s as usize].suspect = true;
+            }
+            Input::PeerBanned { peer } => {
+                let s = self.slot(peer);
+                let st = &mut self.peers[s as usize];
+                if !st.banned {
+                    st.strikes = st.strikes.max(self.config.max_strikes);
+                    self.ban(now, s, false);
+                }
+            }
+            Input::PeerUnbanned { peer } => {
+                let s = self.slot(peer);
+                let st = &mut self.peers[s as usize];
+                st.banned = false;
+                st.strikes = 0;
+                st.lies = 0;
+                self.sync_counted(s, now);
             }
         }
     }
@@ -746,11 +800,12 @@ where
             reason: REASON_CORRUPT,
         });
         if st.strikes >= max_strikes {
-            self.ban(now, s);
+            self.ban(now, s, true);
         }
     }
 
-    fn ban(&mut self, now: Instant, s: u32) {
+    /// Bans slot `s`: cancels its requests; `announce` emits [`Action::Ban`].
+    fn ban(&mut self, now: Instant, s: u32, announce: bool) {
         let st = &mut self.peers[s as usize];
         st.banned = true;
         let peer = st.id.clone();
@@ -762,7 +817,9 @@ where
                 chunk,
             });
         }
-        self.actions.push_back(Action::Ban { peer });
+        if announce {
+            self.actions.push_back(Action::Ban { peer });
+        }
         self.sync_counted(s, now);
     }
 
@@ -773,16 +830,43 @@ where
         let Some(&s) = self.slot_of.get(&peer) else {
             return;
         };
+        let asked = self.sent_to(chunk, s).is_some();
         self.answered(now, s, chunk, 0);
         let until = now + self.config.lack_ttl;
         let st = &mut self.peers[s as usize];
         st.suspect = false;
         st.mark_lack(chunk, until);
+        let lied = asked && st.holds(chunk);
         if !st.has_all && st.has.contains(chunk) {
             st.has.remove(chunk);
             if st.counted {
                 self.remove_holder(chunk, s);
             }
+        }
+        if lied {
+            self.on_lie(now, s);
+        }
+    }
+
+    /// Slot `s` answered `NotFound` for a chunk it announced: every
+    /// `max_lies` of those is a strike.
+    fn on_lie(&mut self, now: Instant, s: u32) {
+        let st = &mut self.peers[s as usize];
+        if st.banned {
+            return;
+        }
+        st.lies += 1;
+        if st.lies < self.config.max_lies {
+            return;
+        }
+        st.lies = 0;
+        st.strikes += 1;
+        self.actions.push_back(Action::Penalise {
+            peer: st.id.clone(),
+            reason: REASON_LYING,
+        });
+        if st.strikes >= self.config.max_strikes {
+            self.ban(now, s, true);
         }
     }
 

@@ -52,21 +52,30 @@
 //! slots answered `Busy` beyond the limit; an origin spreading distinct
 //! chunks first).
 //!
+//! [`Session`]: one peer's connection across every fetch: liveness
+//! (heartbeats and bytes; a silent link is suspect, then cut after
+//! [`SessionConfig::peer_timeout`]), reconnect with jittered exponential
+//! backoff, resending what is missing, and bans for a while after repeated
+//! offences. Its actions become `Fetch` inputs (see `docs/session.md`).
+//!
 //! # What comes later
 //!
-//! Reaching ~S/B fan-out (see "Open problems" in `swarm/STATE.md`), grouping
-//! chunks into pieces, and the per-connection reconnect/retransmit state
-//! machine.
+//! Reaching ~S/B fan-out (see "Open problems" in `swarm/STATE.md`) and
+//! grouping chunks into pieces.
 
 mod fetch;
 mod peer;
 pub mod policy;
 pub mod rng;
 pub mod serve;
+mod session;
 
 pub use fetch::{
     Action, ChunkState, Fetch, FetchConfig, Input, Outstanding, PeerStats, Progress,
-    REASON_CORRUPT, responsible_rank,
+    REASON_CORRUPT, REASON_LYING, responsible_rank,
+};
+pub use session::{
+    Session, SessionAction, SessionConfig, SessionError, SessionInput, SessionState,
 };
 
 /// Index into the list of chunks this fetch needs (the driver maps it to a chunk hash).

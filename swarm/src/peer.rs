@@ -2,8 +2,11 @@
 //! distance and measured rate.
 //!
 //! This is the per-peer half of the scheduler (the global half is
-//! [`Fetch`](crate::Fetch)). A later issue grows it into the full per-connection
-//! reconnect/retransmit state machine.
+//! [`Fetch`](crate::Fetch)); it lives as long as one fetch. What outlives a
+//! fetch (the connection's liveness, reconnect backoff, and bans for a while)
+//! is the [`Session`](crate::Session), whose actions the driver turns into
+//! `PeerSuspect` / `PeerDisconnected` / `PeerConnected` / `PeerBanned` /
+//! `PeerUnbanned` inputs here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -69,6 +72,8 @@ pub(crate) struct PeerState<P> {
     pub(crate) counted: bool,
     /// Corrupt chunks received from this peer.
     pub(crate) strikes: u32,
+    /// `NotFound` answers for announced chunks since the last lie strike.
+    pub(crate) lies: u32,
     /// Requests to this peer that expired.
     pub(crate) timeouts: u32,
     /// Set by a timeout, cleared by any answer: a suspect peer gets at most one
@@ -108,6 +113,7 @@ impl<P> PeerState<P> {
             banned: false,
             counted: false,
             strikes: 0,
+            lies: 0,
             timeouts: 0,
             suspect: false,
             announced: false,

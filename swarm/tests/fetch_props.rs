@@ -21,6 +21,8 @@ enum Op {
     Answer(usize, u8),
     Advance(u64),
     Timeout,
+    /// 0 suspect, 1 banned, 2 unbanned (the driver's session actions).
+    Session(u8, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -36,6 +38,7 @@ fn op() -> impl Strategy<Value = Op> {
         (any::<usize>(), 0..4u8).prop_map(|(n, k)| Op::Answer(n, k)),
         (0..3000u64).prop_map(Op::Advance),
         Just(Op::Timeout),
+        (0..PEERS, 0..3u8).prop_map(|(p, k)| Op::Session(p, k)),
     ]
 }
 
@@ -91,6 +94,11 @@ proptest! {
                     }
                     fetch.handle_timeout(now);
                 }
+                Op::Session(peer, k) => fetch.handle(now, match k {
+                    0 => Input::PeerSuspect { peer },
+                    1 => Input::PeerBanned { peer },
+                    _ => Input::PeerUnbanned { peer },
+                }),
             }
             fetch.check_invariants();
             while let Some(action) = fetch.poll_action(now) {

@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+pub mod netns;
+
 pub use node::checkpoint;
 pub use node::cluster::{self, Cluster, Proc, latest, wait_complete};
 

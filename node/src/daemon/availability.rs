@@ -88,7 +88,7 @@ impl Daemon {
     /// Pushes new availability to every connected peer.
     pub(super) fn flush_have(&mut self) {
         let now = Instant::now();
-        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let connected = self.live_peers();
         let mut out = Vec::new();
         for (root, v) in self.versions.iter_mut() {
             let all = matches!(v.state, VState::Complete | VState::Materializing);

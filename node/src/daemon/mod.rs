@@ -33,6 +33,7 @@ use crate::wire::{self, Gossip, Hello, HelloReply, PeerRecord, Request, Response
 
 mod availability;
 mod serving;
+mod sessions;
 mod versions;
 
 /// What `syncnode seed` adds to the daemon.
@@ -51,6 +52,7 @@ pub struct SeedSpec {
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     rr: request_response::Behaviour<wire::Codec>,
+    ping: libp2p::ping::Behaviour,
 }
 
 #[derive(Debug)]
@@ -119,11 +121,17 @@ struct PeerInfo {
 
 /// Fault switches for tests, from `SYNCNODE_FAULT` (comma-separated):
 /// `corrupt-serve` flips a byte of every chunk this process serves;
-/// `serve-delay-ms=N` delays every chunk it serves by N ms. Logged loudly at start.
+/// `notfound-serve` answers `NotFound` for every chunk it holds (while still
+/// announcing them: a lying `Have`);
+/// `serve-delay-ms=N` delays every chunk it serves by N ms;
+/// `materialize-delay-ms=N` sleeps N ms before each file it materializes.
+/// Logged loudly at start.
 #[derive(Debug, Default, Clone, Copy)]
 struct Faults {
     corrupt_serve: bool,
+    notfound_serve: bool,
     serve_delay: Option<Duration>,
+    materialize_delay: Option<Duration>,
 }
 
 impl Faults {
@@ -133,16 +141,27 @@ impl Faults {
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if part == "corrupt-serve" {
                 f.corrupt_serve = true;
+            } else if part == "notfound-serve" {
+                f.notfound_serve = true;
             } else if let Some(ms) = part
                 .strip_prefix("serve-delay-ms=")
                 .and_then(|v| v.parse().ok())
             {
                 f.serve_delay = Some(Duration::from_millis(ms));
+            } else if let Some(ms) = part
+                .strip_prefix("materialize-delay-ms=")
+                .and_then(|v| v.parse().ok())
+            {
+                f.materialize_delay = Some(Duration::from_millis(ms));
             } else {
                 tracing::warn!(fault = part, "unknown SYNCNODE_FAULT entry ignored");
             }
         }
-        if f.corrupt_serve || f.serve_delay.is_some() {
+        if f.corrupt_serve
+            || f.notfound_serve
+            || f.serve_delay.is_some()
+            || f.materialize_delay.is_some()
+        {
             tracing::warn!(
                 ?f,
                 "FAULT INJECTION active (SYNCNODE_FAULT); never use in production"
@@ -179,6 +198,9 @@ pub struct Daemon {
     last_announce: Option<Instant>,
     backoff: HashMap<Multiaddr, (Instant, Duration)>,
     rng_seed: u64,
+    /// One liveness/reconnect/ban session per peer ever connected (see `sessions.rs`).
+    sessions: HashMap<PeerId, swarm::Session>,
+    session_cfg: swarm::SessionConfig,
 }
 
 fn load_or_create_identity(path: &std::path::Path) -> anyhow::Result<identity::Keypair> {
@@ -277,7 +299,10 @@ impl Daemon {
             last_announce: None,
             backoff: HashMap::new(),
             rng_seed: rand::random(),
+            sessions: HashMap::new(),
+            session_cfg: swarm::SessionConfig::default(),
         };
+        d.session_cfg = sessions::session_config(&d.cfg);
         for addr in d.cfg.listen.clone() {
             d.swarm
                 .listen_on(addr.clone())
@@ -387,7 +412,16 @@ impl Daemon {
             .filter(|p| p.connections > 0)
             .flat_map(|p| p.addrs.iter().cloned())
             .collect();
+        let banned: HashSet<Multiaddr> = self
+            .banned_peers()
+            .iter()
+            .filter_map(|p| self.peers.get(p))
+            .flat_map(|i| i.addrs.iter().cloned())
+            .collect();
         for addr in self.cfg.bootstrap.clone() {
+            if banned.contains(&addr) {
+                continue;
+            }
             let by_id = matches!(addr.iter().last(),
                 Some(libp2p::multiaddr::Protocol::P2p(id)) if self.swarm.is_connected(&id));
             if connected.contains(&addr) || by_id {
@@ -468,6 +502,7 @@ impl Daemon {
         self.versions
             .values()
             .filter_map(|v| v.fetch.as_ref()?.poll_timeout())
+            .chain(self.sessions_deadline())
             .min()
             .unwrap_or(far)
     }
@@ -479,6 +514,7 @@ impl Daemon {
                 f.handle_timeout(now);
             }
         }
+        self.sessions_timeout();
     }
 
     fn housekeeping(&mut self) {
@@ -568,14 +604,8 @@ impl Daemon {
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, "peer connected");
                     Metrics::add(&self.metrics.peers, 1);
-                    let hello = Request::Hello(self.hello());
-                    let id = self.swarm.behaviour_mut().rr.send_request(&peer_id, hello);
-                    self.pending.insert(id, Pending::Hello);
-                    self.feed_all(Input::PeerConnected {
-                        peer: peer_id,
-                        origin: self.origins.contains(&peer_id),
-                    });
                 }
+                self.session_connected(peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -588,16 +618,18 @@ impl Daemon {
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, "peer disconnected");
                     self.metrics.peers.fetch_sub(1, Relaxed);
-                    self.feed_all(Input::PeerDisconnected { peer: peer_id });
-                    for v in self.versions.values_mut() {
-                        v.have.forget_peer(&peer_id);
-                    }
-                    self.update_local_group();
+                    self.session_input(peer_id, swarm::SessionInput::Disconnected);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::warn!(peer = ?peer_id, %error, "cannot connect to peer; will retry with backoff");
+                if let Some(p) = peer_id
+                    && !self.swarm.is_connected(&p)
+                {
+                    self.session_input(p, swarm::SessionInput::DialFailed);
+                }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => self.on_ping(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message,
@@ -637,7 +669,12 @@ fn build_swarm(key: identity::Keypair, cfg: &Validated) -> anyhow::Result<Swarm<
                     .with_request_timeout(request_timeout)
                     .with_max_concurrent_streams(1024),
             );
-            Ok(Behaviour { gossipsub, rr })
+            let ping = libp2p::ping::Behaviour::new(sessions::ping_config(cfg));
+            Ok(Behaviour {
+                gossipsub,
+                rr,
+                ping,
+            })
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
         .build();

@@ -30,7 +30,10 @@ impl Daemon {
                         request_id,
                     },
                 ..
-            } => self.on_request(peer, request_id, request, channel),
+            } => {
+                self.session_input(peer, swarm::SessionInput::BytesReceived);
+                self.on_request(peer, request_id, request, channel);
+            }
             Event::Message {
                 peer,
                 message:
@@ -39,7 +42,7 @@ impl Daemon {
                         response,
                     },
                 ..
-            } => match self.pending.remove(&request_id) {
+            } => match self.heard(peer).pending.remove(&request_id) {
                 Some(Pending::Hello) => {
                     if let Response::Hello(h) = response {
                         self.on_hello_reply(peer, h);
@@ -144,6 +147,7 @@ impl Daemon {
                         Err(e) => Err(e.to_string()),
                     };
                     let resp = match read {
+                        Ok(Some(_)) if faults.notfound_serve => Response::NotFound,
                         Ok(Some(mut d)) => {
                             Metrics::add(&metrics.chunks_served, 1);
                             Metrics::add(&metrics.bytes_served, d.len() as u64);
@@ -162,6 +166,12 @@ impl Daemon {
                 });
             }
         }
+    }
+
+    /// Something arrived from `peer`: its link is alive.
+    fn heard(&mut self, peer: PeerId) -> &mut Self {
+        self.session_input(peer, swarm::SessionInput::BytesReceived);
+        self
     }
 
     pub(super) fn hello_reply(&self, asker: PeerId) -> HelloReply {
@@ -215,7 +225,11 @@ impl Daemon {
             let Ok(id) = PeerId::from_bytes(&rec.id) else {
                 continue;
             };
-            if id == me || self.swarm.is_connected(&id) || budget == 0 {
+            let banned = self
+                .sessions
+                .get(&id)
+                .is_some_and(swarm::Session::is_banned);
+            if id == me || banned || self.swarm.is_connected(&id) || budget == 0 {
                 continue;
             }
             let addrs: Vec<Multiaddr> = rec

@@ -131,6 +131,7 @@ impl Daemon {
     }
 
     pub(super) fn request_manifest(&mut self, root: Hash) {
+        let connected = self.live_peers();
         let Some(v) = self.versions.get_mut(&root) else {
             return;
         };
@@ -140,7 +141,6 @@ impl Daemon {
         if *in_flight {
             return;
         }
-        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         // Prefer peers known complete, then origins, then anyone not yet asked this round.
         let mut candidates: Vec<PeerId> = connected
             .iter()
@@ -210,7 +210,8 @@ impl Daemon {
     }
 
     pub(super) fn start_fetch(&mut self, root: Hash, m: Arc<Manifest>) {
-        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let connected = self.live_peers();
+        let banned = self.banned_peers();
         let Some(v) = self.versions.get_mut(&root) else {
             return;
         };
@@ -234,6 +235,7 @@ impl Daemon {
             max_in_flight_total: self.cfg.raw.max_in_flight,
             request_timeout: Duration::from_secs(self.cfg.raw.request_timeout_secs),
             download_slots: self.cfg.raw.max_downloads,
+            max_strikes: self.cfg.raw.ban_after,
             ..FetchConfig::default()
         };
         let mut fetch = Fetch::new(
@@ -255,6 +257,11 @@ impl Daemon {
         }
         for p in &v.complete_peers {
             fetch.handle(now, Input::PeerHasAll { peer: *p });
+        }
+        // Bans hold across versions: a peer banned during an older fetch is
+        // not asked for this one either until its ban ends.
+        for peer in banned {
+            fetch.handle(now, Input::PeerBanned { peer });
         }
         tracing::info!(
             version = %m.version,
@@ -282,6 +289,7 @@ impl Daemon {
         let now = Instant::now();
         let mut requests = Vec::new();
         let mut complete = Vec::new();
+        let mut offences = Vec::new();
         for (root, v) in self.versions.iter_mut() {
             let Some(f) = v.fetch.as_mut() else { continue };
             while let Some(a) = f.poll_action(now) {
@@ -292,10 +300,12 @@ impl Daemon {
                     }
                     Action::Cancel { .. } => {}
                     Action::Penalise { peer, reason } => {
-                        tracing::warn!(%peer, reason, version = %v.signed.version, "penalising peer");
+                        tracing::warn!(%peer, reason, version = %v.signed.version, "penalising peer: {reason}");
+                        offences.push((peer, swarm::SessionInput::Offence));
                     }
                     Action::Ban { peer } => {
-                        tracing::warn!(%peer, version = %v.signed.version, "peer sent too many bad chunks; no longer asking it for this version");
+                        tracing::warn!(%peer, version = %v.signed.version, "peer reached its strike limit for this version");
+                        offences.push((peer, swarm::SessionInput::Ban));
                     }
                     Action::Complete => complete.push(*root),
                 }
@@ -320,6 +330,15 @@ impl Daemon {
         for root in complete {
             self.begin_materialize(root);
         }
+        // Penalties and bans go to the peer's session, which bans it for a
+        // while across versions (and feeds `PeerBanned` back to every fetch).
+        let had_offences = !offences.is_empty();
+        for (peer, input) in offences {
+            self.session_input(peer, input);
+        }
+        if had_offences {
+            self.pump();
+        }
     }
 
     pub(super) fn begin_materialize(&mut self, root: Hash) {
@@ -333,8 +352,9 @@ impl Daemon {
         let data_dir = self.cfg.raw.data_dir.clone();
         let fsync = self.cfg.raw.fsync;
         let tx = self.mat_tx.clone();
+        let pause = self.faults.materialize_delay.unwrap_or_default();
         tokio::task::spawn_blocking(move || {
-            let r = materialize::materialize(&data_dir, &m, &root, &store, fsync)
+            let r = materialize::materialize_paced(&data_dir, &m, &root, &store, fsync, pause)
                 .map_err(|e| e.to_string());
             let _ = tx.blocking_send((root, r));
         });

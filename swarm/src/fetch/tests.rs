@@ -554,3 +554,152 @@ fn poll_timeout_ignores_lacks_of_done_chunks_and_gone_peers() {
     assert_eq!(f.poll_timeout(), None);
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn a_peer_lying_about_what_it_has_is_penalised_then_banned() {
+    let now = Instant::now();
+    let mut f = Fetch::new(
+        FetchConfig {
+            max_lies: 2,
+            max_strikes: 2,
+            ..classic()
+        },
+        vec![100; 10],
+        1,
+    );
+    connect(&mut f, now, "liar", true);
+    let reqs = requests(&drain(&mut f, now));
+    assert_eq!(reqs.len(), 8);
+    let mut penalties = 0;
+    for (i, (peer, chunk)) in reqs.iter().take(4).enumerate() {
+        f.handle(
+            now,
+            Input::NotFound {
+                peer,
+                chunk: *chunk,
+            },
+        );
+        let acts = drain(&mut f, now);
+        let pen = acts
+            .iter()
+            .filter(|a| {
+                **a == Action::Penalise {
+                    peer: "liar",
+                    reason: REASON_LYING,
+                }
+            })
+            .count();
+        penalties += pen;
+        // Every second lie is a strike; the second strike bans.
+        assert_eq!(pen, usize::from(i % 2 == 1), "lie {i}: {acts:?}");
+        assert_eq!(f.is_banned(&"liar"), i == 3, "lie {i}");
+        if i == 3 {
+            assert_eq!(acts.last(), Some(&Action::Ban { peer: "liar" }));
+        }
+    }
+    assert_eq!(penalties, 2);
+    assert_eq!(f.progress().in_flight, 0);
+}
+
+#[test]
+fn not_found_for_an_unannounced_chunk_is_no_lie() {
+    let now = Instant::now();
+    let mut f = Fetch::new(
+        FetchConfig {
+            max_lies: 1,
+            max_strikes: 1,
+            ..classic()
+        },
+        vec![100; 4],
+        1,
+    );
+    // Never announced: an "unknown" peer may be asked for anything.
+    connect(&mut f, now, "u", false);
+    let reqs = requests(&drain(&mut f, now));
+    assert!(!reqs.is_empty());
+    for (peer, chunk) in reqs {
+        f.handle(now, Input::NotFound { peer, chunk });
+    }
+    assert!(
+        !drain(&mut f, now)
+            .iter()
+            .any(|a| matches!(a, Action::Penalise { .. } | Action::Ban { .. }))
+    );
+    assert!(!f.is_banned(&"u"));
+}
+
+#[test]
+fn a_driver_ban_cancels_without_penalty_and_an_unban_restores_the_peer() {
+    let now = Instant::now();
+    let mut f = fetch(4);
+    connect(&mut f, now, "a", true);
+    assert_eq!(requests(&drain(&mut f, now)).len(), 4);
+    f.handle(now, Input::PeerBanned { peer: "a" });
+    let acts = drain(&mut f, now);
+    assert_eq!(acts.len(), 4, "{acts:?}");
+    assert!(acts.iter().all(|a| matches!(a, Action::Cancel { .. })));
+    assert!(f.is_banned(&"a"));
+    assert_eq!(f.progress().in_flight, 0);
+    assert_eq!(f.availability(ChunkIdx(0)), 0);
+    f.handle(now, Input::PeerUnbanned { peer: "a" });
+    assert!(!f.is_banned(&"a"));
+    assert_eq!(f.availability(ChunkIdx(0)), 1);
+    assert_eq!(requests(&drain(&mut f, now)).len(), 4);
+    assert_eq!(f.peer_stats(&"a").unwrap().strikes, 0);
+}
+
+#[test]
+fn a_suspect_link_gets_no_new_pipeline() {
+    let now = Instant::now();
+    let mut f = fetch(20);
+    connect(&mut f, now, "a", true);
+    let first = requests(&drain(&mut f, now));
+    assert_eq!(first.len(), 8);
+    f.handle(now, Input::PeerSuspect { peer: "a" });
+    f.handle(
+        now,
+        Input::Verified {
+            peer: "a",
+            chunk: first[0].1,
+        },
+    );
+    // An answer clears the suspicion: the pipeline refills.
+    assert_eq!(requests(&drain(&mut f, now)).len(), 1);
+    f.handle(now, Input::PeerSuspect { peer: "a" });
+    for (peer, chunk) in &first[1..] {
+        f.handle(
+            now,
+            Input::Failed {
+                peer,
+                chunk: *chunk,
+            },
+        );
+    }
+    // Suspect (no answer since): at most one request outstanding.
+    assert!(requests(&drain(&mut f, now)).is_empty());
+    assert_eq!(f.in_flight_to(&"a"), 1);
+}
+
+#[test]
+fn a_stalling_peer_is_dropped_from_the_candidates_for_that_chunk() {
+    let t0 = Instant::now();
+    let mut f = fetch(1);
+    connect(&mut f, t0, "stall", true);
+    assert_eq!(requests(&drain(&mut f, t0)), vec![("stall", ChunkIdx(0))]);
+    let t1 = f.poll_timeout().unwrap();
+    f.handle_timeout(t1);
+    let acts = drain(&mut f, t1);
+    assert_eq!(
+        acts,
+        vec![Action::Cancel {
+            peer: "stall",
+            chunk: ChunkIdx(0)
+        }]
+    );
+    // The only holder stalled: the chunk waits (not re-asked of it) until its lack mark expires.
+    assert_eq!(f.chunk_state(ChunkIdx(0)), Some(&ChunkState::Needed));
+    let t2 = f.poll_timeout().unwrap();
+    assert_eq!(t2, t1 + f.config().lack_ttl);
+    f.handle_timeout(t2);
+    assert_eq!(requests(&drain(&mut f, t2)), vec![("stall", ChunkIdx(0))]);
+}
