@@ -48,6 +48,9 @@
 //! follow the measured rate ([`Fetch::peer_stats`]); the tail is duplicated
 //! (endgame). See `swarm/STATE.md`.
 //!
+//! [`rate`]: the token bucket behind the bandwidth limit and the adaptive
+//! (RTT/loss driven) upload rate controller, both pure.
+//!
 //! # What comes later
 //!
 //! Reaching ~S/B fan-out (see "Open problems" in `swarm/STATE.md`), grouping
@@ -57,6 +60,7 @@
 mod fetch;
 mod peer;
 pub mod policy;
+pub mod rate;
 pub mod rng;
 
 pub use fetch::{
