@@ -12,8 +12,8 @@
 //!   one that asked later (see [`swarm::rate::TokenBucket`]).
 //! - [`transport`]: the libp2p TCP transport with the wrapper inserted under
 //!   Noise; `build_swarm` uses it instead of `with_tcp`.
-//! - [`spawn_sampler`]: in adaptive mode, samples `TCP_INFO` of every live
-//!   socket every 100 ms and feeds [`swarm::rate::Adaptive`].
+//! - [`spawn_sampler`]: in adaptive mode, probes `TCP_INFO` of every live
+//!   socket every 20 ms and feeds [`swarm::rate::Adaptive`] every 100 ms.
 //!
 //! Limits are in Mbit/s (10⁶ bits per second) of TCP payload; `0` means
 //! unlimited (as in rsync's `--bwlimit=0` and aria2's `--max-*-limit=0`).

@@ -16,12 +16,16 @@
 //!   path is found in a few hundred milliseconds.
 //! - **Steady**: each interval the rate is multiplied by
 //!   `1 + gain·(target − delay)/target`, clamped to `[0.8, 1.1]`: it grows by
-//!   up to 10 % while the path is clean, holds when the standing queue equals
-//!   the target, and shrinks as the queue grows beyond it. The fixed point is
+//!   up to 10 % while the path is clean (only 2 % once it is within 2 % of
+//!   the best rate delivered lately, a max that decays 1 % per interval, so
+//!   probing above the bottleneck builds little queue), holds when the standing queue equals
+//!   the target, and shrinks as the queue grows beyond it, but not below
+//!   95 % of the rate delivered meanwhile (with a standing queue that is the
+//!   bottleneck's rate, so the queue drains without idling the link). The fixed point is
 //!   "rate = bottleneck, queue = target", which is full use of the link with
 //!   an RTT of idle + target.
 //! - **Drain**: a retransmission (a queue overflowed) or a delay above
-//!   `4 × target` means the queue is far too long: the rate drops to 85 % of
+//!   `4 × target` means the queue is far too long: the rate drops to 90 % of
 //!   what was actually delivered in the last interval, which empties the
 //!   queue at once (but never below half the rate, so one stray loss in a
 //!   quiet interval does not collapse it). At most one drain per 3
@@ -44,7 +48,8 @@ pub struct AdaptiveConfig {
     pub max_rate: u64,
     /// Rate to start from (bytes/s), clamped to `[min_rate, max_rate]`. Default 80 Mbit/s.
     pub initial_rate: u64,
-    /// Standing queueing delay aimed for. Default 5 ms.
+    /// Standing queueing delay aimed for. Default 2 ms (see `docs/performance.md`:
+    /// 5 ms gave 94 % of a bloated 200 Mbit/s link at +3.6 ms RTT, 2 ms 92-94 % at idle RTT).
     pub target_delay: Duration,
     /// Sampling period the driver uses. Default 100 ms.
     pub interval: Duration,
@@ -58,7 +63,7 @@ impl Default for AdaptiveConfig {
             min_rate: 125_000,
             max_rate: 12_500_000_000,
             initial_rate: 10_000_000,
-            target_delay: Duration::from_millis(5),
+            target_delay: Duration::from_millis(2),
             interval: Duration::from_millis(100),
             gain: 0.1,
         }
@@ -93,6 +98,8 @@ pub struct Adaptive {
     phase: Phase,
     last: Instant,
     last_drain: Option<Instant>,
+    /// Highest delivered rate seen (bytes/s), decaying 1 % per sample.
+    link_est: f64,
 }
 
 impl Adaptive {
@@ -108,6 +115,7 @@ impl Adaptive {
             phase: Phase::SlowStart,
             last: now,
             last_drain: None,
+            link_est: 0.0,
         }
     }
 
@@ -146,6 +154,7 @@ impl Adaptive {
         let app_limited = delivered < 0.5 * self.rate as f64;
         let target = self.cfg.target_delay.as_secs_f64().max(1e-6);
         let q = delay.as_secs_f64();
+        self.link_est = (self.link_est * 0.99).max(delivered);
         let next = if s.retransmits > 0 || q > 4.0 * target {
             self.drain(now, delivered)
         } else if self.phase == Phase::SlowStart && q < target / 2.0 {
@@ -156,18 +165,36 @@ impl Adaptive {
             }
         } else {
             self.phase = Phase::Steady;
-            let factor = (1.0 + self.cfg.gain * (target - q) / target).clamp(0.8, 1.1);
-            if app_limited && factor > 1.0 {
-                self.rate as f64
-            } else {
-                self.rate as f64 * factor
-            }
+            self.steady(q / target, delivered, app_limited)
         };
         self.rate = (next.round() as u64).clamp(self.cfg.min_rate, self.cfg.max_rate);
         self.rate
     }
 
-    /// A long queue or a loss: fall to 85 % of what was delivered, at most
+    /// Proportional control; `load` is the queueing delay over the target.
+    fn steady(&self, load: f64, delivered: f64, app_limited: bool) -> f64 {
+        let rate = self.rate as f64;
+        // Far below the best rate delivered lately: come back fast; near or
+        // above it, probe gently so an overshoot builds little queue.
+        let up = if rate < 0.98 * self.link_est {
+            1.1
+        } else {
+            1.02
+        };
+        let factor = (1.0 + self.cfg.gain * (1.0 - load)).clamp(0.8, up);
+        if factor < 1.0 {
+            // A standing queue: the link is full and `delivered` is its
+            // rate; shrink towards the target but stay near that rate so
+            // the queue drains slowly instead of the link going idle.
+            (rate * factor).max(0.95 * delivered.min(rate))
+        } else if app_limited {
+            rate
+        } else {
+            rate * factor
+        }
+    }
+
+    /// A long queue or a loss: fall to 90 % of what was delivered, at most
     /// once per three intervals; in between, hold (RTT samples still show the
     /// queue the last drain is emptying).
     fn drain(&mut self, now: Instant, delivered: f64) -> f64 {
@@ -180,7 +207,7 @@ impl Adaptive {
         }
         self.last_drain = Some(now);
         let rate = self.rate as f64;
-        (0.85 * delivered).clamp(0.5 * rate, 0.85 * rate)
+        (0.9 * delivered).clamp(0.5 * rate, 0.9 * rate)
     }
 }
 

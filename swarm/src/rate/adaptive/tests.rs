@@ -2,10 +2,12 @@ use super::*;
 
 const MS: Duration = Duration::from_millis(100);
 
+/// A 5 ms target (not the default) keeps the arithmetic below readable.
 fn cfg(max_rate: u64) -> AdaptiveConfig {
     AdaptiveConfig {
         max_rate,
         initial_rate: 1_000_000,
+        target_delay: Duration::from_millis(5),
         ..AdaptiveConfig::default()
     }
 }
@@ -68,16 +70,16 @@ fn a_retransmission_drains_to_below_the_delivered_rate_once() {
         queue_delay: Some(Duration::from_millis(1)),
         retransmits: 3,
     };
-    assert_eq!(a.on_sample(t0 + MS, &lossy), 6_800_000);
+    assert_eq!(a.on_sample(t0 + MS, &lossy), 7_200_000);
     assert_eq!(a.phase(), Phase::Steady);
     // A second loss right after: the first drain is still taking effect; hold.
-    assert_eq!(a.on_sample(t0 + 2 * MS, &lossy), 6_800_000);
-    // Three intervals later a loss drains again (from 6.8 MB/s delivered).
+    assert_eq!(a.on_sample(t0 + 2 * MS, &lossy), 7_200_000);
+    // Three intervals later a loss drains again (7 MB/s delivered over 200 ms).
     let lossy2 = Sample {
-        acked_bytes: 1_360_000,
+        acked_bytes: 1_400_000,
         ..lossy
-    }; // over 200 ms
-    assert_eq!(a.on_sample(t0 + 4 * MS, &lossy2), 5_780_000);
+    };
+    assert_eq!(a.on_sample(t0 + 4 * MS, &lossy2), 6_300_000);
 }
 
 #[test]
@@ -98,10 +100,16 @@ fn steady_state_holds_at_the_target_and_backs_off_above_it() {
     // 5 ms is the target: leaves slow start, holds.
     assert_eq!(a.on_sample(t0 + MS, &at(5)), 10_000_000);
     assert_eq!(a.phase(), Phase::Steady);
-    // 10 ms: 1 + 0.1·(5−10)/5 = 0.9.
-    assert_eq!(a.on_sample(t0 + 2 * MS, &at(10)), 9_000_000);
+    // 10 ms: 1 + 0.1·(5−10)/5 = 0.9, but not below 95 % of the 10 MB/s delivered.
+    assert_eq!(a.on_sample(t0 + 2 * MS, &at(10)), 9_500_000);
+    // 20 ms with only 5 MB/s delivered: the full 0.7 → clamped 0.8 cut.
+    let slow = Sample {
+        acked_bytes: 500_000,
+        ..at(20)
+    };
+    assert_eq!(a.on_sample(t0 + 3 * MS, &slow), 7_600_000);
     // Clean again: +10 %.
-    assert_eq!(a.on_sample(t0 + 3 * MS, &at(0)), 9_900_000);
+    assert_eq!(a.on_sample(t0 + 4 * MS, &at(0)), 8_360_000);
 }
 
 #[test]
