@@ -266,6 +266,45 @@ mod tests {
         assert_eq!(l.status().wire_bytes_sent, (1 << 20) + 128 * 1024);
     }
 
+    /// A waker that counts its wake-ups.
+    struct Counter(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_writer_sleeps_on_a_timer_instead_of_spinning() {
+        let l = limiter(1000, 0);
+        let mut s = Limited::new(Sink(0), l, None);
+        let big = vec![0u8; 1 << 20];
+        let counter = Arc::new(Counter(Default::default()));
+        let waker = std::task::Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let wakes = || counter.0.load(std::sync::atomic::Ordering::SeqCst);
+        // The first write takes the 128 KiB burst's first quantum; keep
+        // writing until the bucket is empty and the writer must wait.
+        let mut pending = false;
+        for _ in 0..4 {
+            if Pin::new(&mut s).poll_write(&mut cx, &big).is_pending() {
+                pending = true;
+                break;
+            }
+        }
+        assert!(pending, "an empty bucket must make the writer wait");
+        assert_eq!(wakes(), 0, "no self-wake: that would be a busy poll");
+        // 64 KiB at 1000 B/s is 65 s away, but sleeps are capped at 100 ms
+        // (so rate changes apply fast): one wake after 100 ms, none before.
+        tokio::time::advance(Duration::from_millis(90)).await;
+        assert_eq!(wakes(), 0);
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(wakes(), 1);
+        assert!(Pin::new(&mut s).poll_write(&mut cx, &big).is_pending());
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(wakes(), 1, "re-armed for another 100 ms, not woken at once");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn reads_are_paced_and_unlimited_passes_through() {
         let l = limiter(0, 500_000);
