@@ -325,18 +325,7 @@ fn main() -> anyhow::Result<()> {
                 download_mbps: if unlimited { Some(0.0) } else { download },
                 mode: mode.map(Into::into),
             };
-            if req == node::control::LimitRequest::default() {
-                bail!("nothing to change: give --upload, --download, --unlimited or --mode");
-            }
-            let path = sock.path()?;
-            let b =
-                node::control::set_limit_blocking(&path, &req, std::time::Duration::from_secs(10))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&b)?);
-            } else {
-                println!("{}", bandwidth_line(&b));
-            }
-            Ok(())
+            limit(sock, &req, json)
         }
         Cmd::Keygen { out } => {
             let public = node::cluster::keygen(&out)?;
@@ -436,6 +425,21 @@ fn print_status(s: &node::control::Status) {
             );
         }
     }
+}
+
+/// `syncnode limit`: sends the change, prints what the daemon now enforces.
+fn limit(sock: SocketArgs, req: &node::control::LimitRequest, json: bool) -> anyhow::Result<()> {
+    if *req == node::control::LimitRequest::default() {
+        bail!("nothing to change: give --upload, --download, --unlimited or --mode");
+    }
+    let path = sock.path()?;
+    let b = node::control::set_limit_blocking(&path, req, std::time::Duration::from_secs(10))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&b)?);
+    } else {
+        println!("{}", bandwidth_line(&b));
+    }
+    Ok(())
 }
 
 fn bandwidth_line(b: &node::control::BandwidthStatus) -> String {
