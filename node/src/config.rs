@@ -101,6 +101,74 @@ pub struct NodeConfig {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Chunker parameters used by `seed` (min/avg/max bytes).
     pub chunker: ChunkerConfig,
+    /// Bandwidth limit in Mbit/s: one number for both directions, or
+    /// `{upload: N, download: N}` (a missing direction is unlimited); 0 or
+    /// absent means unlimited. Changeable at run time (`syncnode limit`).
+    pub bandwidth_limit_mbps: BandwidthLimit,
+    /// `fixed` (default): run at the limits; `adaptive`: upload backs off when
+    /// RTT or loss rises and grows while the path is clean, up to the limit.
+    pub bandwidth_mode: crate::ratelimit::Mode,
+}
+
+/// The `bandwidth_limit_mbps` key: per-direction limits in Mbit/s (`None` or 0 = unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BandwidthLimit {
+    /// Upload limit.
+    pub upload: Option<f64>,
+    /// Download limit.
+    pub download: Option<f64>,
+}
+
+impl<'de> Deserialize<'de> for BandwidthLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BandwidthVisitor)
+    }
+}
+
+struct BandwidthVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BandwidthVisitor {
+    type Value = BandwidthLimit;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a number of Mbit/s for both directions, or {upload: N, download: N}")
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<BandwidthLimit, E> {
+        Ok(BandwidthLimit {
+            upload: Some(v),
+            download: Some(v),
+        })
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<BandwidthLimit, E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<BandwidthLimit, E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<BandwidthLimit, E> {
+        Ok(BandwidthLimit::default())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<BandwidthLimit, A::Error> {
+        let mut out = BandwidthLimit::default();
+        while let Some(k) = m.next_key::<String>()? {
+            match k.as_str() {
+                "upload" => out.upload = m.next_value()?,
+                "download" => out.download = m.next_value()?,
+                other => {
+                    return Err(serde::de::Error::unknown_field(
+                        other,
+                        &["upload", "download"],
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Default for NodeConfig {
@@ -125,6 +193,8 @@ impl Default for NodeConfig {
             fsync: true,
             labels: Default::default(),
             chunker: ChunkerConfig::default(),
+            bandwidth_limit_mbps: BandwidthLimit::default(),
+            bandwidth_mode: crate::ratelimit::Mode::Fixed,
         }
     }
 }
@@ -144,6 +214,8 @@ pub struct Validated {
     pub metrics_listen: Option<SocketAddr>,
     /// The control socket path.
     pub control_socket: PathBuf,
+    /// Parsed bandwidth limits.
+    pub limits: crate::ratelimit::Limits,
 }
 
 impl NodeConfig {
@@ -247,7 +319,9 @@ impl NodeConfig {
             .control_socket
             .clone()
             .unwrap_or_else(|| self.data_dir.join(".syncnode").join("control.sock"));
+        let limits = parse_limits(&self.bandwidth_limit_mbps)?;
         Ok(Validated {
+            limits,
             raw: self,
             listen,
             bootstrap,
@@ -270,6 +344,17 @@ fn parse_addrs(key: &str, list: &[String]) -> Result<Vec<Multiaddr>, ConfigError
             })
         })
         .collect()
+}
+
+fn parse_limits(b: &BandwidthLimit) -> Result<crate::ratelimit::Limits, ConfigError> {
+    let one = |dir: &str, v: Option<f64>| {
+        crate::ratelimit::rate_from_mbps(v.unwrap_or(0.0))
+            .map_err(|e| value_err(format!("bandwidth_limit_mbps.{dir}"), e.to_string()))
+    };
+    Ok(crate::ratelimit::Limits {
+        upload: one("upload", b.upload)?,
+        download: one("download", b.download)?,
+    })
 }
 
 /// Parses a 64-hex-digit ed25519 public key.
@@ -308,6 +393,33 @@ mod tests {
             v.control_socket,
             PathBuf::from("/tmp/x/.syncnode/control.sock")
         );
+    }
+
+    #[test]
+    fn bandwidth_limit_takes_one_number_or_one_per_direction() {
+        use crate::ratelimit::{Limits, Mode};
+        use swarm::rate::Rate;
+        let v = parse(&format!("trusted_publishers: [{KEY}]\n")).unwrap();
+        assert_eq!(v.limits, Limits::UNLIMITED);
+        assert_eq!(v.raw.bandwidth_mode, Mode::Fixed);
+        let v = parse(&format!(
+            "trusted_publishers: [{KEY}]\nbandwidth_limit_mbps: 100\nbandwidth_mode: adaptive\n"
+        ))
+        .unwrap();
+        assert_eq!(v.limits.upload, Rate::from_bytes_per_sec(12_500_000));
+        assert_eq!(v.limits.download, Rate::from_bytes_per_sec(12_500_000));
+        assert_eq!(v.raw.bandwidth_mode, Mode::Adaptive);
+        let v = parse(&format!(
+            "trusted_publishers: [{KEY}]\nbandwidth_limit_mbps: {{upload: 2.5}}\n"
+        ))
+        .unwrap();
+        assert_eq!(v.limits.upload, Rate::from_bytes_per_sec(312_500));
+        assert_eq!(v.limits.download, Rate::Unlimited);
+        let v = parse(&format!(
+            "trusted_publishers: [{KEY}]\nbandwidth_limit_mbps: 0\n"
+        ))
+        .unwrap();
+        assert_eq!(v.limits, Limits::UNLIMITED, "0 means unlimited");
     }
 
     #[test]
@@ -353,6 +465,28 @@ mod tests {
             (
                 &format!("trusted_publishers: [{KEY}]\nban_secs: 99999999\n"),
                 "ban_secs",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\nbandwidth_limit_mbps: -5\n"),
+                "bandwidth_limit_mbps.upload",
+            ),
+            (
+                &format!(
+                    "trusted_publishers: [{KEY}]\nbandwidth_limit_mbps: {{upload: 10, download: 2e9}}\n"
+                ),
+                "bandwidth_limit_mbps.download",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\nbandwidth_limit_mbps: {{up: 10}}\n"),
+                "bandwidth_limit_mbps",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\nbandwidth_limit_mbps: fast\n"),
+                "bandwidth_limit_mbps",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\nbandwidth_mode: turbo\n"),
+                "bandwidth_mode",
             ),
         ];
         for (text, key) in cases {

@@ -17,6 +17,8 @@
 //! - [`wire`]: the request-response codec and gossip messages;
 //! - [`daemon`]: the event loop for `run` and `seed`;
 //! - [`control`], [`metrics`]: local control socket, `/metrics` and `/healthz`;
+//! - [`ratelimit`]: bandwidth limits (token buckets on every TCP stream) and
+//!   the adaptive upload mode;
 //! - [`cluster`], [`checkpoint`]: process orchestration and generated
 //!   checkpoints, shared by `syncnode demo` and the integration tests.
 
@@ -28,5 +30,6 @@ pub mod daemon;
 pub mod materialize;
 pub mod metrics;
 pub mod publish;
+pub mod ratelimit;
 pub mod store;
 pub mod wire;

@@ -28,6 +28,10 @@ Examples:
   # Ask a running daemon what it holds
   syncnode status --config /etc/syncnode/node.yaml
 
+  # Cap a running daemon's bandwidth (Mbit/s), or a publisher's upload at start
+  syncnode limit --config /etc/syncnode/node.yaml --upload 100 --download 200
+  syncnode seed /ckpt/step-12000 --channel llama-70b --upload-limit-mbps 500
+
   # Simulate 1,000 nodes (deterministic; the seed replays a run exactly)
   syncnode sim sim/scenarios/fanout-1000.yaml --seed 1";
 
@@ -68,6 +72,55 @@ struct NetArgs {
     /// Metrics address, or `none` to disable (overrides `metrics_listen`).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Upload limit in Mbit/s, 0 = unlimited (overrides `bandwidth_limit_mbps.upload`).
+    #[arg(long, value_name = "MBPS")]
+    upload_limit_mbps: Option<f64>,
+    /// Download limit in Mbit/s, 0 = unlimited (overrides `bandwidth_limit_mbps.download`).
+    #[arg(long, value_name = "MBPS")]
+    download_limit_mbps: Option<f64>,
+    /// `fixed` or `adaptive` (overrides `bandwidth_mode`).
+    #[arg(long, value_enum)]
+    bandwidth_mode: Option<ModeArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Fixed,
+    Adaptive,
+}
+
+impl From<ModeArg> for node::ratelimit::Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Fixed => node::ratelimit::Mode::Fixed,
+            ModeArg::Adaptive => node::ratelimit::Mode::Adaptive,
+        }
+    }
+}
+
+/// Where a running daemon's control socket is.
+#[derive(clap::Args, Debug, Default)]
+struct SocketArgs {
+    /// Config file of the daemon (to find its socket).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data folder of the daemon.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Control socket path.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArgs {
+    fn path(self) -> anyhow::Result<PathBuf> {
+        Ok(match (self.socket, self.data_dir, self.config) {
+            (Some(s), _, _) => s,
+            (None, Some(d), _) => d.join(".syncnode/control.sock"),
+            (None, None, Some(c)) => NodeConfig::load(&c)?.validate(false)?.control_socket,
+            (None, None, None) => NodeConfig::default().validate(false)?.control_socket,
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,15 +162,31 @@ enum Cmd {
     /// Show what a running daemon holds: versions, progress, peers.
     #[command(after_help = "Example:\n  syncnode status --data-dir /var/lib/syncnode")]
     Status {
-        /// Config file of the daemon (to find its socket).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Data folder of the daemon.
+        #[command(flatten)]
+        sock: SocketArgs,
+        /// Print JSON instead of a summary.
         #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Control socket path.
-        #[arg(long)]
-        socket: Option<PathBuf>,
+        json: bool,
+    },
+    /// Change a running daemon's bandwidth limits (Mbit/s, 0 = unlimited) or mode.
+    #[command(
+        after_help = "Examples:\n  syncnode limit --config node.yaml --upload 100 --download 200\n  syncnode limit --config node.yaml --unlimited\n  syncnode limit --data-dir ./syncnode-seed-data --mode adaptive"
+    )]
+    Limit {
+        #[command(flatten)]
+        sock: SocketArgs,
+        /// New upload limit in Mbit/s (0 = unlimited).
+        #[arg(long, value_name = "MBPS")]
+        upload: Option<f64>,
+        /// New download limit in Mbit/s (0 = unlimited).
+        #[arg(long, value_name = "MBPS")]
+        download: Option<f64>,
+        /// Remove both limits.
+        #[arg(long, conflicts_with_all = ["upload", "download"])]
+        unlimited: bool,
+        /// New mode.
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
         /// Print JSON instead of a summary.
         #[arg(long)]
         json: bool,
@@ -171,6 +240,15 @@ fn load_config(net: &NetArgs) -> anyhow::Result<NodeConfig> {
     cfg.bootstrap.extend(net.bootstrap.iter().cloned());
     if let Some(m) = &net.metrics_listen {
         cfg.metrics_listen = (m != "none").then(|| m.clone());
+    }
+    if let Some(v) = net.upload_limit_mbps {
+        cfg.bandwidth_limit_mbps.upload = Some(v);
+    }
+    if let Some(v) = net.download_limit_mbps {
+        cfg.bandwidth_limit_mbps.download = Some(v);
+    }
+    if let Some(m) = net.bandwidth_mode {
+        cfg.bandwidth_mode = m.into();
     }
     Ok(cfg)
 }
@@ -231,18 +309,8 @@ fn main() -> anyhow::Result<()> {
             let version = version.unwrap_or_else(default_version);
             seed(cfg, &dir, &channel, &version, key, until_complete)
         }
-        Cmd::Status {
-            config,
-            data_dir,
-            socket,
-            json,
-        } => {
-            let path = match (socket, data_dir, config) {
-                (Some(s), _, _) => s,
-                (None, Some(d), _) => d.join(".syncnode/control.sock"),
-                (None, None, Some(c)) => NodeConfig::load(&c)?.validate(false)?.control_socket,
-                (None, None, None) => NodeConfig::default().validate(false)?.control_socket,
-            };
+        Cmd::Status { sock, json } => {
+            let path = sock.path()?;
             let s = node::control::query_blocking(&path, std::time::Duration::from_secs(10))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -250,6 +318,21 @@ fn main() -> anyhow::Result<()> {
                 print_status(&s);
             }
             Ok(())
+        }
+        Cmd::Limit {
+            sock,
+            upload,
+            download,
+            unlimited,
+            mode,
+            json,
+        } => {
+            let req = node::control::LimitRequest {
+                upload_mbps: if unlimited { Some(0.0) } else { upload },
+                download_mbps: if unlimited { Some(0.0) } else { download },
+                mode: mode.map(Into::into),
+            };
+            limit(sock, &req, json)
         }
         Cmd::Keygen { out } => {
             let public = node::cluster::keygen(&out)?;
@@ -319,6 +402,7 @@ fn print_status(s: &node::control::Status) {
     if let Some(m) = &s.metrics_addr {
         println!("metrics: http://{m}/metrics");
     }
+    println!("{}", bandwidth_line(&s.bandwidth));
     println!("peers: {}", s.peers.len());
     for p in &s.peers {
         println!("  {} {}", p.id, p.addrs.join(" "));
@@ -349,4 +433,35 @@ fn print_status(s: &node::control::Status) {
             );
         }
     }
+}
+
+/// `syncnode limit`: sends the change, prints what the daemon now enforces.
+fn limit(sock: SocketArgs, req: &node::control::LimitRequest, json: bool) -> anyhow::Result<()> {
+    if *req == node::control::LimitRequest::default() {
+        bail!("nothing to change: give --upload, --download, --unlimited or --mode");
+    }
+    let path = sock.path()?;
+    let b = node::control::set_limit_blocking(&path, req, std::time::Duration::from_secs(10))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&b)?);
+    } else {
+        println!("{}", bandwidth_line(&b));
+    }
+    Ok(())
+}
+
+fn bandwidth_line(b: &node::control::BandwidthStatus) -> String {
+    let f = |v: Option<f64>| v.map_or_else(|| "unlimited".to_owned(), |m| format!("{m} Mbit/s"));
+    let adaptive = if b.mode == "adaptive" {
+        format!(" (adaptive, now {})", f(b.upload_rate_mbps))
+    } else {
+        String::new()
+    };
+    format!(
+        "bandwidth: upload {}{adaptive}, download {}; wire sent {} B, received {} B",
+        f(b.upload_limit_mbps),
+        f(b.download_limit_mbps),
+        b.wire_bytes_sent,
+        b.wire_bytes_received
+    )
 }

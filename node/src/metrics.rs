@@ -37,6 +37,18 @@ pub struct Metrics {
     pub links_cut: AtomicU64,
     /// Peers banned after repeated offences.
     pub peers_banned: AtomicU64,
+    /// Bytes written to peer TCP connections (payload: Noise, yamux and all messages).
+    pub wire_bytes_sent: AtomicU64,
+    /// Bytes read from peer TCP connections.
+    pub wire_bytes_received: AtomicU64,
+    /// Configured upload limit, bytes/s, 0 = unlimited (gauge).
+    pub upload_limit: AtomicU64,
+    /// Configured download limit, bytes/s, 0 = unlimited (gauge).
+    pub download_limit: AtomicU64,
+    /// Upload rate enforced now (the adaptive rate in adaptive mode), bytes/s, 0 = unlimited (gauge).
+    pub upload_rate: AtomicU64,
+    /// Download rate enforced now, bytes/s, 0 = unlimited (gauge).
+    pub download_rate: AtomicU64,
 }
 
 impl Metrics {
@@ -47,7 +59,7 @@ impl Metrics {
 
     /// Renders the Prometheus text exposition.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 11] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 17] = [
             (
                 "syncnode_links_cut_total",
                 "counter",
@@ -109,6 +121,42 @@ impl Metrics {
                 &self.roots_rejected,
             ),
             ("syncnode_peers", "gauge", "Connected peers.", &self.peers),
+            (
+                "syncnode_wire_bytes_sent_total",
+                "counter",
+                "Bytes written to peer TCP connections (all protocol overhead above TCP included).",
+                &self.wire_bytes_sent,
+            ),
+            (
+                "syncnode_wire_bytes_received_total",
+                "counter",
+                "Bytes read from peer TCP connections.",
+                &self.wire_bytes_received,
+            ),
+            (
+                "syncnode_upload_limit_bytes_per_second",
+                "gauge",
+                "Configured upload limit (0 = unlimited).",
+                &self.upload_limit,
+            ),
+            (
+                "syncnode_download_limit_bytes_per_second",
+                "gauge",
+                "Configured download limit (0 = unlimited).",
+                &self.download_limit,
+            ),
+            (
+                "syncnode_upload_rate_bytes_per_second",
+                "gauge",
+                "Upload rate enforced now: the adaptive rate in adaptive mode (0 = unlimited).",
+                &self.upload_rate,
+            ),
+            (
+                "syncnode_download_rate_bytes_per_second",
+                "gauge",
+                "Download rate enforced now (0 = unlimited).",
+                &self.download_rate,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, v) in rows {

@@ -58,6 +58,9 @@
 //! backoff, resending what is missing, and bans for a while after repeated
 //! offences. Its actions become `Fetch` inputs (see `docs/session.md`).
 //!
+//! [`rate`]: the token bucket behind the bandwidth limit and the adaptive
+//! (RTT/loss driven) upload rate controller, both pure.
+//!
 //! # What comes later
 //!
 //! Reaching ~S/B fan-out (see "Open problems" in `swarm/STATE.md`) and
@@ -66,6 +69,7 @@
 mod fetch;
 mod peer;
 pub mod policy;
+pub mod rate;
 pub mod rng;
 pub mod serve;
 mod session;

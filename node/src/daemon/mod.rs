@@ -18,7 +18,7 @@ use libp2p::request_response::{
     self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
 };
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identity, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identity, tcp};
 use merkle::{ChunkRef, Hash, Manifest, SignedRoot};
 use swarm::{Action, ChunkIdx, Fetch, FetchConfig, Input};
 use tokio::sync::mpsc;
@@ -28,6 +28,7 @@ use crate::control::{self, ChannelStatus, PeerStatus, Status, VersionStatus};
 use crate::materialize;
 use crate::metrics::Metrics;
 use crate::publish::SourceIndex;
+use crate::ratelimit::Limiter;
 use crate::store::{ChunkStore, StoreError};
 use crate::wire::{self, Gossip, Hello, HelloReply, PeerRecord, Request, Response};
 
@@ -180,6 +181,8 @@ pub struct Daemon {
     seed: Option<SeedSpec>,
     metrics: Arc<Metrics>,
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Bandwidth limits, shared with every TCP stream and the control socket.
+    limiter: Arc<Limiter>,
     versions: HashMap<Hash, Version>,
     latest: HashMap<String, Hash>,
     peers: HashMap<PeerId, PeerInfo>,
@@ -253,8 +256,10 @@ impl Daemon {
         let (n, bytes) = store.stats();
         tracing::info!(chunks = n, bytes, "chunk store opened");
         let key = load_or_create_identity(&state_dir.join("node.key"))?;
-        let swarm = build_swarm(key, &cfg)?;
         let metrics = Arc::new(Metrics::default());
+        let limiter = Limiter::new(cfg.limits, cfg.raw.bandwidth_mode, metrics.clone());
+        crate::ratelimit::spawn_sampler(limiter.clone());
+        let swarm = build_swarm(key, &cfg, limiter.clone())?;
         let metrics_addr = match cfg.metrics_listen {
             Some(a) => Some(
                 crate::metrics::serve(a, metrics.clone())
@@ -264,7 +269,7 @@ impl Daemon {
             None => None,
         };
         let (status_tx, status_rx) = mpsc::channel(16);
-        control::serve(&cfg.control_socket, status_tx).with_context(|| {
+        control::serve(&cfg.control_socket, status_tx, limiter.clone()).with_context(|| {
             format!(
                 "cannot open control socket {}",
                 cfg.control_socket.display()
@@ -282,6 +287,7 @@ impl Daemon {
             seed,
             metrics,
             metrics_addr,
+            limiter,
             versions: HashMap::new(),
             latest: HashMap::new(),
             peers: HashMap::new(),
@@ -641,15 +647,18 @@ impl Daemon {
     }
 }
 
-fn build_swarm(key: identity::Keypair, cfg: &Validated) -> anyhow::Result<Swarm<Behaviour>> {
+fn build_swarm(
+    key: identity::Keypair,
+    cfg: &Validated,
+    limiter: Arc<Limiter>,
+) -> anyhow::Result<Swarm<Behaviour>> {
     let request_timeout = Duration::from_secs(cfg.raw.request_timeout_secs * 3);
+    let tcp_config = tcp::Config::default().nodelay(true);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
+        // TCP + Noise + yamux as `with_tcp` builds it, with the bandwidth
+        // limiter wrapped around each TCP stream (see `ratelimit`).
+        .with_other_transport(|key| crate::ratelimit::transport(key, tcp_config, limiter))?
         .with_behaviour(|key| {
             let gs_config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(700))

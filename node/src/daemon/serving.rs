@@ -339,6 +339,7 @@ impl Daemon {
             bytes_fetched: self.metrics.bytes_fetched.load(Relaxed),
             chunks_rejected: self.metrics.chunks_rejected.load(Relaxed),
             roots_rejected: self.metrics.roots_rejected.load(Relaxed),
+            bandwidth: self.limiter.status(),
         }
     }
 }
