@@ -263,7 +263,7 @@ pub struct SwarmKnobs {
     pub upload_slots: u32,
     /// Downloads at once (default 2, the daemon's `max_downloads`).
     pub download_slots: u32,
-    /// How often a node pushes new `Have`s (default 100 ms, as the daemon).
+    /// How often a node pushes new `Have`s (default 5 ms, the daemon's `HAVE_INTERVAL`).
     pub announce_interval_ms: f64,
     /// How long a silent connection lives before it is declared dead (default 2000 ms).
     pub peer_timeout_ms: f64,
@@ -283,7 +283,7 @@ impl Default for SwarmKnobs {
             max_peers: 64,
             upload_slots: 2,
             download_slots: 2,
-            announce_interval_ms: 100.0,
+            announce_interval_ms: 5.0,
             peer_timeout_ms: 2000.0,
             reconnect_ms: 1000.0,
             remote_wait_ms: None,
@@ -411,7 +411,10 @@ impl Scenario {
                 return Err(bad(key, "must be a positive number of milliseconds"));
             }
         }
-        for (key, v) in [("swarm.remote_wait_ms", k.remote_wait_ms), ("swarm.origin_resend_ms", k.origin_resend_ms)] {
+        for (key, v) in [
+            ("swarm.remote_wait_ms", k.remote_wait_ms),
+            ("swarm.origin_resend_ms", k.origin_resend_ms),
+        ] {
             if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
                 return Err(bad(key, "must be a non-negative number of milliseconds"));
             }

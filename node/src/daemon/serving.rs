@@ -75,7 +75,9 @@ impl Daemon {
                 _ => {}
             },
             Event::ResponseSent { request_id, .. } | Event::InboundFailure { request_id, .. } => {
-                self.uploads.remove(&request_id);
+                if self.uploads.remove(&request_id) {
+                    self.gate.finished();
+                }
             }
         }
     }
@@ -120,7 +122,7 @@ impl Daemon {
                 let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
             }
             Request::GetChunk { hash } => {
-                if self.uploads.len() >= self.cfg.raw.max_uploads {
+                if self.gate.admit(Instant::now(), &hash) == Admission::Busy {
                     let _ = self
                         .swarm
                         .behaviour_mut()
