@@ -122,6 +122,15 @@ pub(crate) enum Ev {
         inc: (u32, u32),
     },
     Tick(HostId),
+    /// One push to every recipient at the same latency (unpacked on arrival).
+    HaveBatch {
+        to: Vec<(HostId, u32)>,
+        from: HostId,
+        from_inc: u32,
+        version: usize,
+        chunks: Arc<[u32]>,
+        all: bool,
+    },
     Have {
         to: HostId,
         from: HostId,

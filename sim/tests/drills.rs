@@ -49,8 +49,10 @@ fn probe() {
         sc.swarm.remote_wait_ms = v.get(4).copied();
         let r = sim::run(sc, 1);
         println!(
-            "{item}: p50 {:.3} max {:.3} x S/B origin {:.3} busy {} events {} wall {:.2}",
+            "{item}: p50 {:.3} p90 {:.3} p99 {:.3} max {:.3} x S/B origin {:.3} busy {} events {} wall {:.2}",
             r.completion_q(0.5) / r.s_over_b(),
+            r.completion_q(0.9) / r.s_over_b(),
+            r.completion_q(0.99) / r.s_over_b(),
             r.max_over_s_b(),
             r.origin_over_s(),
             r.counters.busy,

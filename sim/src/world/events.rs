@@ -5,6 +5,16 @@ use swarm::{ChunkIdx, Input};
 
 use super::*;
 
+/// The fields of [`Ev::HaveBatch`].
+pub(crate) struct HaveBatch {
+    to: Vec<(HostId, u32)>,
+    from: HostId,
+    from_inc: u32,
+    version: usize,
+    chunks: Arc<[u32]>,
+    all: bool,
+}
+
 impl World {
     pub(crate) fn apply(&mut self, ev: Ev) {
         if let Some((a, b)) = ev.endpoints()
@@ -75,6 +85,21 @@ impl World {
                 inc,
             } => self.on_arrive(client, server, gid, token, inc),
             Ev::Tick(host) => self.on_tick(host),
+            Ev::HaveBatch {
+                to,
+                from,
+                from_inc,
+                version,
+                chunks,
+                all,
+            } => self.on_have_batch(HaveBatch {
+                to,
+                from,
+                from_inc,
+                version,
+                chunks,
+                all,
+            }),
             Ev::Have {
                 to,
                 from,
@@ -363,23 +388,54 @@ impl World {
             return;
         }
         let inc_self = self.hosts[host as usize].incarnation;
-        for p in self.hosts[host as usize].nbrs.clone() {
-            if p == ORIGIN || !self.linked(host, p) {
-                continue;
+        let chunks: Arc<[u32]> = new.into();
+        // Group recipients by latency: one event per group.
+        let mut groups: std::collections::BTreeMap<u64, Vec<(HostId, u32)>> = Default::default();
+        for &p in &self.hosts[host as usize].nbrs {
+            if p != ORIGIN && self.linked(host, p) {
+                let inc = self.hosts[p as usize].incarnation;
+                groups
+                    .entry(self.latency(host, p))
+                    .or_default()
+                    .push((p, inc));
             }
-            let at = self.t + self.latency(host, p);
-            let inc = (self.hosts[p as usize].incarnation, inc_self);
-            self.push(
-                at,
-                Ev::Have {
-                    to: p,
-                    from: host,
-                    version: v,
-                    chunks: new.clone(),
-                    all,
-                    inc,
-                },
-            );
+        }
+        for (lat, to) in groups {
+            let ev = Ev::HaveBatch {
+                to,
+                from: host,
+                from_inc: inc_self,
+                version: v,
+                chunks: Arc::clone(&chunks),
+                all,
+            };
+            self.push(self.t + lat, ev);
+        }
+    }
+
+    fn on_have_batch(&mut self, b: HaveBatch) {
+        let HaveBatch {
+            to,
+            from,
+            from_inc,
+            version,
+            chunks,
+            all,
+        } = b;
+        for (p, inc) in to {
+            let ev = Ev::Have {
+                to: p,
+                from,
+                version,
+                chunks: chunks.to_vec(),
+                all,
+                inc: (inc, from_inc),
+            };
+            if self.stalled(p, from) {
+                self.parked.push(ev);
+            } else {
+                self.apply(ev);
+            }
         }
     }
 }
