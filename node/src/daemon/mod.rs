@@ -18,7 +18,7 @@ use libp2p::request_response::{
     self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
 };
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identity, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identity};
 use merkle::{ChunkRef, Hash, Manifest, SignedRoot};
 use swarm::{Action, ChunkIdx, Fetch, FetchConfig, Input};
 use tokio::sync::mpsc;
@@ -28,6 +28,7 @@ use crate::control::{self, ChannelStatus, PeerStatus, Status, VersionStatus};
 use crate::materialize;
 use crate::metrics::Metrics;
 use crate::publish::SourceIndex;
+use crate::security;
 use crate::store::{ChunkStore, StoreError};
 use crate::wire::{self, Gossip, Hello, HelloReply, PeerRecord, Request, Response};
 
@@ -49,6 +50,10 @@ pub struct SeedSpec {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// `allowed_peers` (disabled when the list is empty).
+    allow: libp2p::swarm::behaviour::toggle::Toggle<
+        libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::AllowedPeers>,
+    >,
     gossipsub: gossipsub::Behaviour,
     rr: request_response::Behaviour<wire::Codec>,
 }
@@ -179,9 +184,13 @@ pub struct Daemon {
     last_announce: Option<Instant>,
     backoff: HashMap<Multiaddr, (Instant, Duration)>,
     rng_seed: u64,
+    /// Allowlist and private-network settings, for connection log lines.
+    access: security::Access,
 }
 
-fn load_or_create_identity(path: &std::path::Path) -> anyhow::Result<identity::Keypair> {
+/// Loads the node's libp2p identity from `path` (`<data_dir>/.syncnode/node.key`),
+/// creating a new one (mode 0600) if the file does not exist.
+pub fn load_or_create_identity(path: &std::path::Path) -> anyhow::Result<identity::Keypair> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Ok(bytes) = std::fs::read(path) {
         return identity::Keypair::from_protobuf_encoding(&bytes).with_context(|| {
@@ -232,6 +241,8 @@ impl Daemon {
         tracing::info!(chunks = n, bytes, "chunk store opened");
         let key = load_or_create_identity(&state_dir.join("node.key"))?;
         let swarm = build_swarm(key, &cfg)?;
+        let access = security::Access::new(&cfg.allowed_peers, cfg.psk.as_ref());
+        access.log_startup(swarm.local_peer_id());
         let metrics = Arc::new(Metrics::default());
         let metrics_addr = match cfg.metrics_listen {
             Some(a) => Some(
@@ -277,6 +288,7 @@ impl Daemon {
             last_announce: None,
             backoff: HashMap::new(),
             rng_seed: rand::random(),
+            access,
         };
         for addr in d.cfg.listen.clone() {
             d.swarm
@@ -596,8 +608,16 @@ impl Daemon {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::warn!(peer = ?peer_id, %error, "cannot connect to peer; will retry with backoff");
+                self.access.log_outgoing_error(peer_id, &error);
             }
+            SwarmEvent::IncomingConnectionError {
+                peer_id,
+                send_back_addr,
+                error,
+                ..
+            } => self
+                .access
+                .log_incoming_error(peer_id, &send_back_addr, &error),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message,
@@ -611,13 +631,10 @@ impl Daemon {
 
 fn build_swarm(key: identity::Keypair, cfg: &Validated) -> anyhow::Result<Swarm<Behaviour>> {
     let request_timeout = Duration::from_secs(cfg.raw.request_timeout_secs * 3);
+    let psk = cfg.psk;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
+        .with_other_transport(|key| security::transport(key, psk).map_err(Into::into))?
         .with_behaviour(|key| {
             let gs_config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(700))
@@ -637,7 +654,11 @@ fn build_swarm(key: identity::Keypair, cfg: &Validated) -> anyhow::Result<Swarm<
                     .with_request_timeout(request_timeout)
                     .with_max_concurrent_streams(1024),
             );
-            Ok(Behaviour { gossipsub, rr })
+            Ok(Behaviour {
+                allow: security::allowlist(&cfg.allowed_peers),
+                gossipsub,
+                rr,
+            })
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
         .build();

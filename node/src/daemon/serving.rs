@@ -215,7 +215,11 @@ impl Daemon {
             let Ok(id) = PeerId::from_bytes(&rec.id) else {
                 continue;
             };
-            if id == me || self.swarm.is_connected(&id) || budget == 0 {
+            if id == me
+                || self.swarm.is_connected(&id)
+                || budget == 0
+                || !security::is_allowed(&self.cfg.allowed_peers, &id)
+            {
                 continue;
             }
             let addrs: Vec<Multiaddr> = rec
