@@ -14,9 +14,12 @@ impl Daemon {
     }
 
     pub(super) fn on_gossip(&mut self, via: PeerId, message: gossipsub::Message) {
-        let Ok(msg) = Gossip::decode(&message.data) else {
-            tracing::debug!(peer = %via, "undecodable gossip message");
-            return;
+        let msg = match Gossip::decode(&message.data) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(peer = %via, source = ?message.source, bytes = message.data.len(), error = %e, "dropped an undecodable gossip message");
+                return;
+            }
         };
         match msg {
             Gossip::Announce(signed) => {
