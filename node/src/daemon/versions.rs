@@ -50,6 +50,9 @@ impl Daemon {
     /// Checks signature and trust of a root.
     pub(super) fn check_root(&self, signed: &SignedRoot) -> Result<(), String> {
         signed.verify().map_err(|e| format!("bad signature: {e}"))?;
+        // Names become folder names under data_dir: refuse unsafe ones at once.
+        merkle::validate_name("channel", &signed.channel).map_err(|e| e.to_string())?;
+        merkle::validate_name("version", &signed.version).map_err(|e| e.to_string())?;
         let trusted = match &self.seed {
             Some(s) => s.signed.publisher == signed.publisher,
             None => self
