@@ -21,7 +21,7 @@ use libp2p::allow_block_list::{self, AllowedPeers};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, Transport as _};
 use libp2p::core::upgrade::Version;
-use libp2p::pnet::{KeyParseError, PnetConfig, PreSharedKey};
+use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{ConnectionDenied, DialError, ListenError};
 use libp2p::{Multiaddr, PeerId, identity, noise, tcp, yamux};
@@ -72,10 +72,15 @@ pub enum SecurityError {
 /// Reads a private-network key file (`/key/swarm/psk/1.0.0/`, `/base16/`,
 /// 64 hex digits, one per line).
 pub fn read_psk(path: &Path) -> Result<PreSharedKey, SecurityError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SecurityError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    // A key file is about 90 bytes; never read more than a few KiB of whatever
+    // the path names (a device, a huge file).
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| io::Read::read_to_string(&mut io::Read::take(f, 4096), &mut text))
+        .map_err(|source| SecurityError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     parse_psk(&text).map_err(|reason| SecurityError::Parse {
         path: path.to_owned(),
         reason,
@@ -83,16 +88,31 @@ pub fn read_psk(path: &Path) -> Result<PreSharedKey, SecurityError> {
 }
 
 /// Parses the text of a private-network key file; the error says what is wrong.
+///
+/// This is our own parser on purpose: libp2p-pnet 0.27's `FromStr` panics
+/// on a 64-byte key line holding a multi-byte character (it slices the line
+/// two bytes at a time); found by the `config_parse` fuzz target, input kept
+/// in `node/fuzz/regressions/`.
 pub fn parse_psk(text: &str) -> Result<PreSharedKey, &'static str> {
-    // libp2p's parser takes the first three lines; tolerate CRLF line ends.
-    let text = text.replace("\r\n", "\n");
-    text.parse::<PreSharedKey>().map_err(|e| match e {
-        KeyParseError::InvalidKeyFile => "it does not have three lines",
-        KeyParseError::InvalidKeyType => "the first line is not `/key/swarm/psk/1.0.0/`",
-        KeyParseError::InvalidKeyEncoding => "the second line is not `/base16/`",
-        KeyParseError::InvalidKeyLength => "the key line is not 64 hex digits",
-        KeyParseError::InvalidKeyChar(_) => "the key line holds a character that is not hex",
-    })
+    let mut lines = text.lines().map(|l| l.trim_end_matches('\r'));
+    let (Some(kind), Some(encoding), Some(key)) = (lines.next(), lines.next(), lines.next()) else {
+        return Err("it does not have three lines");
+    };
+    if kind != PSK_HEADER {
+        return Err("the first line is not `/key/swarm/psk/1.0.0/`");
+    }
+    if encoding != "/base16/" {
+        return Err("the second line is not `/base16/`");
+    }
+    let key = key.trim_end();
+    if !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("the key line holds a character that is not hex");
+    }
+    let bytes: [u8; 32] = hex::decode(key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("the key line is not 64 hex digits")?;
+    Ok(PreSharedKey::new(bytes))
 }
 
 /// Writes a new random private-network key to `path` (mode 0600, never
@@ -315,6 +335,21 @@ mod tests {
             let why = parse_psk(&text).unwrap_err();
             assert!(why.contains(want), "{text:?}: {why}");
         }
+    }
+
+    /// Regression: a 64-byte key line with multi-byte characters made
+    /// libp2p-pnet's parser panic (found by the `config_parse` fuzz target).
+    #[test]
+    fn non_ascii_key_line_is_an_error_not_a_panic() {
+        let crash = include_bytes!("../fuzz/regressions/config_parse/psk-non-ascii-key-line");
+        let text = std::str::from_utf8(crash).unwrap();
+        assert_eq!(
+            parse_psk(text).unwrap_err(),
+            "the key line holds a character that is not hex"
+        );
+        let key_line = text.lines().nth(2).unwrap();
+        assert_eq!(key_line.len(), 64, "the input is the panicking shape");
+        assert!(!key_line.is_ascii());
     }
 
     #[test]
