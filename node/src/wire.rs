@@ -55,6 +55,13 @@ pub enum Request {
     /// Availability: the sender holds these chunks of a version (indices into
     /// the manifest's `unique_chunks()`), or all of them.
     Have(Have),
+    /// Not a wire message: an inbound request that broke the protocol
+    /// (oversized, truncated, corrupt, unknown tag, undecodable body), with
+    /// the reason. The codec hands it to the daemon instead of failing the
+    /// stream, because libp2p reports a failed request read to nobody; the
+    /// daemon logs it with the peer id and answers `Error`. It is never sent
+    /// (it encodes to an empty payload, which every receiver refuses).
+    Malformed(String),
 }
 
 /// Body of [`Request::Have`].
@@ -211,6 +218,7 @@ impl Request {
                 v.extend(postcard::to_stdvec(h).expect("postcard encodes to a Vec"));
                 v
             }
+            Request::Malformed(_) => Vec::new(),
         }
     }
 
@@ -353,6 +361,15 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(
     Ok(payload)
 }
 
+/// Whether a codec error means the peer broke the protocol (rather than the
+/// connection failing): the kinds `read_frame` and the decoders return.
+pub fn is_malformed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+    )
+}
+
 fn truncated(e: io::Error, what: &str, len: u32) -> io::Error {
     if e.kind() != io::ErrorKind::UnexpectedEof {
         return e;
@@ -384,7 +401,16 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        Request::decode(&read_frame(io, MAX_REQUEST, request_limit).await?)
+        let read = match read_frame(io, MAX_REQUEST, request_limit).await {
+            Ok(payload) => Request::decode(&payload),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(r) => Ok(r),
+            // Protocol violations go to the daemon, which knows the peer.
+            Err(e) if is_malformed(&e) => Ok(Request::Malformed(e.to_string())),
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
@@ -651,6 +677,38 @@ mod tests {
             largest < 1 << 20,
             "allocated {largest} bytes for a frame that sent 1 KB"
         );
+    }
+
+    #[test]
+    fn codec_hands_malformed_requests_to_the_daemon() {
+        use libp2p::request_response::Codec as _;
+        let read = |bytes: &[u8]| {
+            futures::executor::block_on(Codec.read_request(&PROTOCOL, &mut &bytes[..]))
+        };
+        let good = merkle::encode_frame(
+            &Request::GetChunk {
+                hash: Hash::of(b"x"),
+            }
+            .encode(),
+        );
+        assert_eq!(
+            read(&good).unwrap(),
+            Request::GetChunk {
+                hash: Hash::of(b"x")
+            }
+        );
+        for (bytes, want) in [
+            (header(u32::MAX), "exceeds the limit"),
+            (good[..20].to_vec(), "truncated"),
+            (merkle::encode_frame(&[99]), "unknown"),
+            (merkle::encode_frame(&[tag::GET_CHUNK, 1]), "32-byte hash"),
+        ] {
+            match read(&bytes).unwrap() {
+                Request::Malformed(why) => assert!(why.contains(want), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Request::decode(&Request::Malformed("x".into()).encode()).is_err());
     }
 
     #[test]

@@ -3,16 +3,6 @@
 
 use super::*;
 
-/// The codec's error when a stream failed because the peer sent bytes that
-/// break the protocol (oversized, truncated, corrupt, unknown tag,
-/// undecodable body).
-fn malformed(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-    )
-}
-
 /// Logs a failed stream: a malformed one loudly (only that stream ends; the
 /// connection and every other peer carry on), others at debug.
 fn log_failure(
@@ -22,7 +12,7 @@ fn log_failure(
     error: &dyn std::fmt::Display,
 ) {
     match io {
-        Some(e) if malformed(e) => {
+        Some(e) if wire::is_malformed(e) => {
             tracing::warn!(%peer, error = %e, "dropped a malformed {what} from peer; still serving others")
         }
         _ => tracing::debug!(%peer, %error, "{what} stream failed"),
@@ -174,6 +164,11 @@ impl Daemon {
                     }
                     _ => Response::NotFound,
                 };
+                let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
+            }
+            Request::Malformed(reason) => {
+                tracing::warn!(%peer, %reason, "dropped a malformed request from peer; still serving others");
+                let resp = Response::Error(format!("malformed request: {reason}"));
                 let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
             }
             Request::GetChunk { hash } => {
