@@ -8,8 +8,7 @@
 use futures::executor::block_on;
 use libfuzzer_sys::fuzz_target;
 use node::wire::{
-    Gossip, MAX_REQUEST, MAX_RESPONSE, Request, Response, read_frame, request_limit,
-    response_limit,
+    Gossip, MAX_REQUEST, MAX_RESPONSE, Request, Response, read_frame, request_limit, response_limit,
 };
 
 fn check_request(payload: &[u8]) {
@@ -20,7 +19,10 @@ fn check_request(payload: &[u8]) {
 
 fn check_response(payload: Vec<u8>) {
     if let Ok(r) = Response::decode(payload) {
-        assert_eq!(Response::decode(r.encode()).expect("re-encoded response"), r);
+        assert_eq!(
+            Response::decode(r.encode()).expect("re-encoded response"),
+            r
+        );
     }
 }
 
