@@ -620,9 +620,9 @@ impl Daemon {
                 .log_incoming_error(peer_id, &send_back_addr, &error),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
+                message_id,
                 message,
-                ..
-            })) => self.on_gossip(propagation_source, message),
+            })) => self.on_gossip(propagation_source, message_id, message),
             SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr(ev),
             _ => {}
         }
@@ -639,6 +639,8 @@ fn build_swarm(key: identity::Keypair, cfg: &Validated) -> anyhow::Result<Swarm<
             let gs_config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(700))
                 .validation_mode(gossipsub::ValidationMode::Strict)
+                // Forward a message only once it decodes (see `on_gossip`).
+                .validate_messages()
                 .max_transmit_size(256 * 1024)
                 .build()
                 .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;

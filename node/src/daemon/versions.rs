@@ -13,8 +13,26 @@ impl Daemon {
         }
     }
 
-    pub(super) fn on_gossip(&mut self, via: PeerId, message: gossipsub::Message) {
-        let msg = match Gossip::decode(&message.data) {
+    /// A gossip message: decoded, then reported to gossipsub (which forwards
+    /// only accepted messages, so undecodable ones stop here), then handled.
+    pub(super) fn on_gossip(
+        &mut self,
+        via: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let decoded = Gossip::decode(&message.data);
+        let verdict = if decoded.is_ok() {
+            gossipsub::MessageAcceptance::Accept
+        } else {
+            gossipsub::MessageAcceptance::Reject
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &via, verdict);
+        let msg = match decoded {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(peer = %via, source = ?message.source, bytes = message.data.len(), error = %e, "dropped an undecodable gossip message");
