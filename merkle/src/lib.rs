@@ -23,6 +23,7 @@ pub mod file;
 pub mod frame;
 pub mod hash;
 pub mod manifest;
+mod scan;
 pub mod signed;
 pub mod tree;
 
@@ -35,8 +36,8 @@ pub use frame::{
 };
 pub use hash::{Hash, ParseHashError, sha256};
 pub use manifest::{
-    FORMAT_VERSION, FileEntry, MAGIC, MAX_CHUNKS, MAX_FILES, MAX_NAME_LEN, MAX_PATH_LEN, Manifest,
-    ManifestError, validate_name, validate_path,
+    FORMAT_VERSION, FileEntry, MAGIC, MAX_CHUNKS, MAX_COMPONENT_LEN, MAX_FILES, MAX_NAME_LEN,
+    MAX_PATH_LEN, Manifest, ManifestError, validate_name, validate_path,
 };
 pub use signed::{SIGNED_ROOT_CONTEXT, SignatureError, SignedRoot};
 pub use tree::{

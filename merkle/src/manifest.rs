@@ -20,6 +20,9 @@ pub const MAX_FILES: usize = 1_000_000;
 pub const MAX_CHUNKS: u64 = 50_000_000;
 /// Longest file path in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
+/// Longest component (file or folder name) of a path in bytes, the Linux
+/// `NAME_MAX`: a longer name could never be materialized.
+pub const MAX_COMPONENT_LEN: usize = 255;
 /// Longest channel or version name in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -100,6 +103,20 @@ pub enum ManifestError {
     /// Bytes left after the postcard body.
     #[error("{0} trailing bytes after the manifest body")]
     TrailingBytes(usize),
+    /// A count in the manifest claims more entries than the bytes left could hold.
+    #[error(
+        "manifest claims {count} {what}, which needs at least {need} bytes, but only {have} remain"
+    )]
+    CountExceedsInput {
+        /// What is counted (`files`, or the chunks of a named file).
+        what: String,
+        /// The claimed count.
+        count: u64,
+        /// The fewest bytes that many entries take.
+        need: u64,
+        /// The bytes left in the manifest.
+        have: usize,
+    },
     /// A channel or version name breaks the naming rules.
     #[error("invalid {kind} name {name:?}: {reason}")]
     InvalidName {
@@ -211,7 +228,8 @@ pub fn validate_name(kind: &'static str, s: &str) -> Result<(), ManifestError> {
 
 /// Checks that `path` is a safe relative path: non-empty, at most 4096 bytes,
 /// `/`-separated, no leading `/`, no backslash, no NUL, and no empty, `.` or
-/// `..` component (so no `a//b` and no trailing `/`).
+/// `..` component (so no `a//b` and no trailing `/`), and no component
+/// longer than [`MAX_COMPONENT_LEN`] (255) bytes.
 pub fn validate_path(path: &str) -> Result<(), ManifestError> {
     let reason = if path.is_empty() {
         Some("empty")
@@ -228,6 +246,7 @@ pub fn validate_path(path: &str) -> Result<(), ManifestError> {
             "" => Some("empty component"),
             "." => Some("'.' component"),
             ".." => Some("'..' component"),
+            c if c.len() > MAX_COMPONENT_LEN => Some("a component longer than 255 bytes"),
             _ => None,
         })
     };
@@ -281,9 +300,12 @@ impl Manifest {
     }
 
     /// Decodes and [validates](Manifest::validate) an encoded manifest. Checks
-    /// the magic, the format version, that the body is exactly one postcard
-    /// `Manifest`, then every validation rule. Never panics on any input;
-    /// memory use is bounded by a small multiple of `bytes.len()`.
+    /// the magic, the format version, then (without allocating) that the file
+    /// count is at most [`MAX_FILES`], the chunk count at most [`MAX_CHUNKS`]
+    /// and that no count claims more entries than the remaining bytes could
+    /// hold, then that the body is exactly one postcard `Manifest`, then every
+    /// validation rule. Never panics on any input; memory use is bounded by a
+    /// small multiple of `bytes.len()`.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         if bytes.get(..4) != Some(&MAGIC[..]) {
             return Err(ManifestError::BadMagic);
@@ -295,8 +317,14 @@ impl Manifest {
         if version != FORMAT_VERSION {
             return Err(ManifestError::UnsupportedFormatVersion(version));
         }
-        let (manifest, rest): (Manifest, &[u8]) = postcard::take_from_bytes(&bytes[6..])
-            .map_err(|e| ManifestError::Decode(e.to_string()))?;
+        crate::scan::prescan(&bytes[6..])?;
+        let (manifest, rest): (Manifest, &[u8]) =
+            postcard::take_from_bytes(&bytes[6..]).map_err(|e| match e {
+                postcard::Error::DeserializeUnexpectedEnd => {
+                    ManifestError::Decode("truncated manifest body".into())
+                }
+                e => ManifestError::Decode(e.to_string()),
+            })?;
         if !rest.is_empty() {
             return Err(ManifestError::TrailingBytes(rest.len()));
         }
@@ -467,8 +495,13 @@ mod tests {
             assert!(matches!(&err, ManifestError::UnsafePath { path, .. } if path == p));
             assert!(err.to_string().contains(&format!("{p:?}")), "{err}");
         }
-        assert!(validate_path(&"a".repeat(4096)).is_ok());
-        assert!(validate_path(&"a".repeat(4097)).is_err());
+        // 17 components of 240 bytes and 16 slashes: exactly 4096 bytes.
+        let max = vec!["a".repeat(240); 17].join("/");
+        assert_eq!(max.len(), 4096);
+        assert!(validate_path(&max).is_ok());
+        assert!(validate_path(&format!("{max}b")).is_err());
+        assert!(validate_path(&"a".repeat(255)).is_ok());
+        assert!(validate_path(&"a".repeat(256)).is_err());
         for p in [
             "a",
             "a/b",
@@ -625,7 +658,7 @@ mod tests {
         );
         assert!(matches!(
             Manifest::decode(&bytes[..bytes.len() - 1]),
-            Err(ManifestError::Decode(_))
+            Err(ManifestError::Decode(_) | ManifestError::CountExceedsInput { .. })
         ));
     }
 }

@@ -7,7 +7,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use libp2p::Multiaddr;
+use libp2p::pnet::PreSharedKey;
+use libp2p::{Multiaddr, PeerId};
 use merkle::{ChunkerConfig, ed25519_dalek::VerifyingKey};
 use serde::Deserialize;
 
@@ -101,6 +102,13 @@ pub struct NodeConfig {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Chunker parameters used by `seed` (min/avg/max bytes).
     pub chunker: ChunkerConfig,
+    /// libp2p peer ids allowed to connect to or from this node; empty (the
+    /// default) allows any peer. Print a node's id with `syncnode peer-id`.
+    pub allowed_peers: Vec<String>,
+    /// A pre-shared private-network key file (`/key/swarm/psk/1.0.0/`
+    /// format, from `syncnode keygen --psk`): only nodes holding the same key
+    /// can connect. Default none.
+    pub private_network_key_file: Option<PathBuf>,
     /// Bandwidth limit in Mbit/s: one number for both directions, or
     /// `{upload: N, download: N}` (a missing direction is unlimited); 0 or
     /// absent means unlimited. Changeable at run time (`syncnode limit`).
@@ -195,6 +203,8 @@ impl Default for NodeConfig {
             chunker: ChunkerConfig::default(),
             bandwidth_limit_mbps: BandwidthLimit::default(),
             bandwidth_mode: crate::ratelimit::Mode::Fixed,
+            allowed_peers: Vec::new(),
+            private_network_key_file: None,
         }
     }
 }
@@ -216,6 +226,10 @@ pub struct Validated {
     pub control_socket: PathBuf,
     /// Parsed bandwidth limits.
     pub limits: crate::ratelimit::Limits,
+    /// Parsed `allowed_peers` (empty: any peer).
+    pub allowed_peers: Vec<PeerId>,
+    /// The private-network key read from `private_network_key_file`.
+    pub psk: Option<PreSharedKey>,
 }
 
 impl NodeConfig {
@@ -320,6 +334,14 @@ impl NodeConfig {
             .clone()
             .unwrap_or_else(|| self.data_dir.join(".syncnode").join("control.sock"));
         let limits = parse_limits(&self.bandwidth_limit_mbps)?;
+        let allowed_peers = parse_peer_ids("allowed_peers", &self.allowed_peers)?;
+        let psk = match &self.private_network_key_file {
+            None => None,
+            Some(p) => Some(
+                crate::security::read_psk(p)
+                    .map_err(|e| value_err("private_network_key_file", e.to_string()))?,
+            ),
+        };
         Ok(Validated {
             limits,
             raw: self,
@@ -328,6 +350,8 @@ impl NodeConfig {
             trusted,
             metrics_listen,
             control_socket,
+            allowed_peers,
+            psk,
         })
     }
 }
@@ -355,6 +379,23 @@ fn parse_limits(b: &BandwidthLimit) -> Result<crate::ratelimit::Limits, ConfigEr
         upload: one("upload", b.upload)?,
         download: one("download", b.download)?,
     })
+}
+
+fn parse_peer_ids(key: &str, list: &[String]) -> Result<Vec<PeerId>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.trim().parse::<PeerId>().map_err(|e| {
+                value_err(
+                    format!("{key}[{i}]"),
+                    format!(
+                        "`{s}` is not a libp2p peer id like 12D3KooW... ({e}); print a node's id \
+                         with `syncnode peer-id --data-dir DIR`"
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Parses a 64-hex-digit ed25519 public key.
@@ -492,6 +533,63 @@ mod tests {
         for (text, key) in cases {
             let m = parse(text).unwrap_err().to_string();
             assert!(m.contains(key), "error for {text:?} should name {key}: {m}");
+        }
+    }
+
+    #[test]
+    fn allowed_peers_are_parsed_and_bad_ids_named() {
+        let a = PeerId::random();
+        let b = PeerId::random();
+        let v = parse(&format!(
+            "trusted_publishers: [{KEY}]\nallowed_peers: [{a}, ' {b} ']\n"
+        ))
+        .unwrap();
+        assert_eq!(v.allowed_peers, vec![a, b]);
+        assert!(
+            parse(&format!("trusted_publishers: [{KEY}]\n"))
+                .unwrap()
+                .allowed_peers
+                .is_empty()
+        );
+        let m = parse(&format!(
+            "trusted_publishers: [{KEY}]\nallowed_peers: [{a}, 12D3KooWnotapeer]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            m.contains("allowed_peers[1]") && m.contains("12D3KooWnotapeer"),
+            "{m}"
+        );
+        assert!(m.contains("syncnode peer-id"), "{m}");
+    }
+
+    #[test]
+    fn private_network_key_file_is_read_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("swarm.key");
+        let k = crate::security::write_psk(&good).unwrap();
+        let v = parse(&format!(
+            "trusted_publishers: [{KEY}]\nprivate_network_key_file: {}\n",
+            good.display()
+        ))
+        .unwrap();
+        assert_eq!(
+            v.psk.unwrap().fingerprint().to_string(),
+            k.fingerprint().to_string()
+        );
+        let bad = dir.path().join("bad.key");
+        std::fs::write(&bad, "not a key\n").unwrap();
+        for path in [bad, dir.path().join("missing.key")] {
+            let m = parse(&format!(
+                "trusted_publishers: [{KEY}]\nprivate_network_key_file: {}\n",
+                path.display()
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                m.contains("`private_network_key_file`") && m.contains(&path.display().to_string()),
+                "{m}"
+            );
         }
     }
 }

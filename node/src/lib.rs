@@ -15,6 +15,7 @@
 //! - [`materialize`]: files rebuilt from chunks, `current` switched atomically;
 //! - [`publish`]: a source folder scanned into a manifest, chunks served from it;
 //! - [`wire`]: the request-response codec and gossip messages;
+//! - [`security`]: peer allowlist, private-network key, the transport;
 //! - [`daemon`]: the event loop for `run` and `seed`;
 //! - [`control`], [`metrics`]: local control socket, `/metrics` and `/healthz`;
 //! - [`ratelimit`]: bandwidth limits (token buckets on every TCP stream) and
@@ -31,5 +32,6 @@ pub mod materialize;
 pub mod metrics;
 pub mod publish;
 pub mod ratelimit;
+pub mod security;
 pub mod store;
 pub mod wire;

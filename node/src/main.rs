@@ -18,6 +18,10 @@ Examples:
   # Create a publisher key (prints the public key to put in trusted_publishers)
   syncnode keygen --out publisher.key
 
+  # Restrict the swarm: a shared private-network key, and a node's peer id for allowed_peers
+  syncnode keygen --psk --out swarm.key
+  syncnode peer-id --config /etc/syncnode/node.yaml
+
   # Run a node daemon
   syncnode run --config /etc/syncnode/node.yaml
 
@@ -81,6 +85,12 @@ struct NetArgs {
     /// `fixed` or `adaptive` (overrides `bandwidth_mode`).
     #[arg(long, value_enum)]
     bandwidth_mode: Option<ModeArg>,
+    /// Private-network key file (overrides `private_network_key_file`).
+    #[arg(long, value_name = "FILE")]
+    private_network_key: Option<PathBuf>,
+    /// Peer id allowed to connect, repeatable (added to `allowed_peers`).
+    #[arg(long, value_name = "PEER_ID")]
+    allow_peer: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -191,12 +201,31 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Create a publisher key pair; prints the public key for `trusted_publishers`.
-    #[command(after_help = "Example:\n  syncnode keygen --out publisher.key")]
+    /// Create a publisher key pair (prints the public key for `trusted_publishers`),
+    /// or with `--psk` a private-network key for `private_network_key_file`.
+    #[command(
+        after_help = "Examples:\n  syncnode keygen --out publisher.key\n  syncnode keygen --psk --out swarm.key   # copy to every node"
+    )]
     Keygen {
         /// Where to write the secret key (created with mode 0600; never overwritten).
         #[arg(long)]
         out: PathBuf,
+        /// Write a pre-shared private-network key (`/key/swarm/psk/1.0.0/` format) instead.
+        #[arg(long)]
+        psk: bool,
+    },
+    /// Print this node's libp2p peer id (for other nodes' `allowed_peers`),
+    /// creating its identity if it has none yet.
+    #[command(
+        after_help = "Examples:\n  syncnode peer-id --config node.yaml\n  syncnode peer-id --data-dir syncnode-seed-data"
+    )]
+    PeerId {
+        /// Config file of the node (to find its data folder).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data folder of the node (overrides the config's `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Run the built-in example: a generated checkpoint, a publisher and nodes on loopback.
     #[command(after_help = "Example:\n  syncnode demo --nodes 3 --size-mib 64")]
@@ -250,6 +279,10 @@ fn load_config(net: &NetArgs) -> anyhow::Result<NodeConfig> {
     if let Some(m) = net.bandwidth_mode {
         cfg.bandwidth_mode = m.into();
     }
+    if let Some(k) = &net.private_network_key {
+        cfg.private_network_key_file = Some(k.clone());
+    }
+    cfg.allowed_peers.extend(net.allow_peer.iter().cloned());
     Ok(cfg)
 }
 
@@ -334,7 +367,33 @@ fn main() -> anyhow::Result<()> {
             };
             limit(sock, &req, json)
         }
-        Cmd::Keygen { out } => {
+        Cmd::Keygen { out, psk: true } => {
+            let key = node::security::write_psk(&out)?;
+            println!("{}", key.fingerprint());
+            eprintln!(
+                "private network key written to {} (mode 0600); the line above is its \
+                 fingerprint. Copy the file to every node and set private_network_key_file \
+                 (or --private-network-key) on each",
+                out.display()
+            );
+            Ok(())
+        }
+        Cmd::PeerId { config, data_dir } => {
+            let mut cfg = match &config {
+                Some(p) => NodeConfig::load(p)?,
+                None => NodeConfig::default(),
+            };
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            let state = cfg.data_dir.join(".syncnode");
+            std::fs::create_dir_all(&state)
+                .with_context(|| format!("cannot create {}", state.display()))?;
+            let key = node::daemon::load_or_create_identity(&state.join("node.key"))?;
+            println!("{}", key.public().to_peer_id());
+            Ok(())
+        }
+        Cmd::Keygen { out, psk: false } => {
             let public = node::cluster::keygen(&out)?;
             println!("{public}");
             eprintln!(

@@ -7,6 +7,13 @@
 //! the staging folder renamed to `<version>` and `current` (a relative symlink)
 //! replaced by `rename(2)` of a new symlink, which is atomic. On any error the
 //! staging folder is removed and `current` is left as it was.
+//!
+//! Every path stays inside `data_dir` (rules in `docs/manifest.md` and the
+//! "Security" section of `docs/operations.md`): the manifest is validated
+//! again here, each file path is joined component by component
+//! ([`confined_join`]), the channel folder must be a real folder (not a
+//! symlink), `current` must be a symlink or absent, a `<version>` symlink is
+//! replaced rather than followed, and files are created with `O_NOFOLLOW`.
 
 use std::fs;
 use std::io::Write;
@@ -44,6 +51,25 @@ pub enum MaterializeError {
         /// The chunk.
         hash: Hash,
     },
+    /// The manifest breaks a validation rule (names, paths, sizes).
+    #[error("refusing to materialize: {0}")]
+    InvalidManifest(#[from] merkle::ManifestError),
+    /// A manifest path would leave the version folder.
+    #[error("refusing to materialize {path:?}: {reason}")]
+    UnsafePath {
+        /// The manifest path.
+        path: String,
+        /// The rule it breaks.
+        reason: &'static str,
+    },
+    /// Something in `data_dir` that syncnode must not follow or replace.
+    #[error("refusing to materialize into {path}: {reason}", path = path.display())]
+    UnsafeTarget {
+        /// The offending path.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: &'static str,
+    },
     /// The rebuilt file's SHA-256 differs from the manifest.
     #[error("{path}: SHA-256 of the rebuilt file is {actual}, the manifest says {expected}")]
     Sha256Mismatch {
@@ -72,10 +98,81 @@ fn record_path(channel_dir: &Path, version: &str) -> PathBuf {
     channel_dir.join(format!(".{version}.root"))
 }
 
+/// Joins a manifest path under `base`, one checked component at a time: every
+/// component must be a plain name (not empty, `.` or `..`, no NUL or
+/// backslash), so the result always lies inside `base`. This repeats the
+/// manifest's own validation on purpose: it is what the file system sees.
+pub fn confined_join(base: &Path, path: &str) -> Result<PathBuf, MaterializeError> {
+    let bad = |reason| MaterializeError::UnsafePath {
+        path: path.to_owned(),
+        reason,
+    };
+    if path.is_empty() {
+        return Err(bad("empty path"));
+    }
+    if path.starts_with('/') {
+        return Err(bad("absolute path"));
+    }
+    let mut out = base.to_path_buf();
+    for c in path.split('/') {
+        match c {
+            "" => return Err(bad("empty component")),
+            "." | ".." => return Err(bad("'.' or '..' component")),
+            c if c.contains('\0') || c.contains('\\') => {
+                return Err(bad("NUL or backslash in a component"));
+            }
+            c if c.len() > merkle::MAX_COMPONENT_LEN => {
+                return Err(bad("component longer than 255 bytes"));
+            }
+            c => {
+                let mut parts = Path::new(c).components();
+                if !matches!(
+                    (parts.next(), parts.next()),
+                    (Some(std::path::Component::Normal(_)), None)
+                ) {
+                    return Err(bad("component is not a plain name"));
+                }
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses a symlink (or anything but a folder) at `dir`, which syncnode
+/// creates itself; absent is fine.
+fn check_real_dir(dir: &Path) -> Result<(), MaterializeError> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(MaterializeError::UnsafeTarget {
+            path: dir.to_owned(),
+            reason: "the channel folder is a symlink; syncnode does not follow symlinks inside \
+                     data_dir (point data_dir itself elsewhere instead, or remove the link)",
+        }),
+        Ok(m) if !m.is_dir() => Err(MaterializeError::UnsafeTarget {
+            path: dir.to_owned(),
+            reason: "not a folder; move it out of data_dir",
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a `current` that is not a symlink (a folder or file an operator
+/// put there would otherwise be replaced or block the switch).
+fn check_current(channel_dir: &Path) -> Result<(), MaterializeError> {
+    let current = channel_dir.join("current");
+    match fs::symlink_metadata(&current) {
+        Ok(m) if !m.file_type().is_symlink() => Err(MaterializeError::UnsafeTarget {
+            path: current,
+            reason: "`current` is not a symlink; syncnode will not replace it (move it away)",
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `<channel>/<version>` already holds exactly this root.
 pub fn is_materialized(data_dir: &Path, manifest: &Manifest, root: &Hash) -> bool {
     let channel_dir = data_dir.join(&manifest.channel);
-    channel_dir.join(&manifest.version).is_dir()
+    fs::symlink_metadata(channel_dir.join(&manifest.version)).is_ok_and(|m| m.is_dir())
         && fs::read_to_string(record_path(&channel_dir, &manifest.version))
             .is_ok_and(|s| s.trim() == root.to_hex())
 }
@@ -107,9 +204,13 @@ pub fn materialize_paced(
     fsync: bool,
     pause: Duration,
 ) -> Result<PathBuf, MaterializeError> {
-    let channel_dir = data_dir.join(&manifest.channel);
-    let final_dir = channel_dir.join(&manifest.version);
+    manifest.validate()?;
+    let channel_dir = confined_join(data_dir, &manifest.channel)?;
+    let final_dir = confined_join(&channel_dir, &manifest.version)?;
+    check_real_dir(&channel_dir)?;
     fs::create_dir_all(&channel_dir).map_err(io("create", &channel_dir))?;
+    check_real_dir(&channel_dir)?;
+    check_current(&channel_dir)?;
     remove_stale_staging(&channel_dir);
     if !is_materialized(data_dir, manifest, root) {
         let staging = channel_dir.join(format!(
@@ -126,9 +227,10 @@ pub fn materialize_paced(
         }
         let record = record_path(&channel_dir, &manifest.version);
         let _ = fs::remove_file(&record);
-        if final_dir.exists() {
+        if fs::symlink_metadata(&final_dir).is_ok() {
             // A folder of that name holding something else (an older attempt or
-            // another root): move it aside, never mix content.
+            // another root), or a symlink: move it aside (the link itself, never
+            // its target), never mix content.
             let aside = channel_dir.join(format!(".old-{}-{}", manifest.version, unique()));
             fs::rename(&final_dir, &aside).map_err(io("move aside", &final_dir))?;
             let _ = fs::remove_dir_all(&aside);
@@ -173,12 +275,11 @@ fn write_files(
         if !pause.is_zero() {
             std::thread::sleep(pause);
         }
-        // Manifest paths were validated: relative, no `..`, no empty components.
-        let path = staging.join(&file.path);
+        let path = confined_join(staging, &file.path)?;
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io("create", parent))?;
         }
-        let mut out = fs::File::create(&path).map_err(io("create", &path))?;
+        let mut out = create_new_nofollow(&path)?;
         let mut sha = sha2::Sha256::new();
         for c in &file.chunks {
             let data = store
@@ -211,8 +312,20 @@ fn write_files(
     Ok(())
 }
 
+/// Creates a file that must not exist yet, never following a symlink.
+fn create_new_nofollow(path: &Path) -> Result<fs::File, MaterializeError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io("create", path))
+}
+
 fn write_synced(path: &Path, data: &[u8], fsync: bool) -> Result<(), MaterializeError> {
-    let mut f = fs::File::create(path).map_err(io("create", path))?;
+    let _ = fs::remove_file(path);
+    let mut f = create_new_nofollow(path)?;
     f.write_all(data).map_err(io("write", path))?;
     if fsync {
         f.sync_all().map_err(io("fsync", path))?;
@@ -325,6 +438,121 @@ mod tests {
             .filter(|n| n.starts_with(".staging"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn confined_join_accepts_only_plain_components() {
+        let base = Path::new("/data/ch/.staging-x");
+        assert_eq!(
+            confined_join(base, "a/b.bin").unwrap(),
+            base.join("a").join("b.bin")
+        );
+        assert!(confined_join(base, &"n".repeat(255)).is_ok());
+        for p in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "a/",
+            "",
+            "./a",
+            "a/.",
+            "a\0b",
+            "a\\b",
+            &"n".repeat(256),
+        ] {
+            let e = confined_join(base, p).unwrap_err();
+            assert!(
+                matches!(&e, MaterializeError::UnsafePath { path, .. } if path == p),
+                "{p:?}: {e}"
+            );
+        }
+    }
+
+    /// A manifest that skipped validation (a bug elsewhere, or a hand-built
+    /// one) is still refused, and nothing lands outside the version folder.
+    #[test]
+    fn unsafe_manifest_paths_are_refused_at_materialization() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let store = ChunkStore::open(&data_dir.join(".syncnode"), false).unwrap();
+        for (paths, channel, version) in [
+            (vec!["../../escape"], "ch", "v1"),
+            (vec!["/tmp/abs"], "ch", "v1"),
+            (vec!["a//b"], "ch", "v1"),
+            (vec!["a", "a"], "ch", "v1"),
+            (vec!["a", "a/b"], "ch", "v1"),
+            (vec!["x"], "..", "v1"),
+            (vec!["x"], "ch", "../../v1"),
+            (vec!["x"], "ch", "current"),
+            (vec!["x"], "a/b", "v1"),
+        ] {
+            let mut m = manifest_for(&store, "v1", &[("x", data(100, 1))]);
+            let template = m.files[0].clone();
+            m.files = paths
+                .iter()
+                .map(|p| FileEntry {
+                    path: (*p).to_owned(),
+                    ..template.clone()
+                })
+                .collect();
+            m.channel = channel.into();
+            m.version = version.into();
+            let e = materialize(&data_dir, &m, &m.root(), &store, false).unwrap_err();
+            assert!(
+                matches!(e, MaterializeError::InvalidManifest(_)),
+                "{paths:?} {channel}/{version}: {e}"
+            );
+        }
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["data"], "nothing may appear next to data_dir");
+        assert!(!data_dir.join("ch").exists());
+    }
+
+    #[test]
+    fn symlinks_in_the_target_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("keep"), b"mine").unwrap();
+        let store = ChunkStore::open(&data_dir.join(".syncnode"), false).unwrap();
+        let m = manifest_for(&store, "v1", &[("x", data(3000, 7))]);
+
+        // A channel folder that is a symlink is refused.
+        let link = data_dir.join("ch");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let e = materialize(&data_dir, &m, &m.root(), &store, false).unwrap_err();
+        assert!(matches!(e, MaterializeError::UnsafeTarget { .. }), "{e}");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        fs::remove_file(&link).unwrap();
+
+        // A `current` that is a real folder is refused and left alone.
+        fs::create_dir_all(data_dir.join("ch/current")).unwrap();
+        let e = materialize(&data_dir, &m, &m.root(), &store, false).unwrap_err();
+        assert!(matches!(e, MaterializeError::UnsafeTarget { .. }), "{e}");
+        assert!(data_dir.join("ch/current").is_dir());
+        fs::remove_dir(data_dir.join("ch/current")).unwrap();
+
+        // A `<version>` symlink and a root-record symlink are replaced, not followed.
+        std::os::unix::fs::symlink(&outside, data_dir.join("ch/v1")).unwrap();
+        std::os::unix::fs::symlink(outside.join("keep"), data_dir.join("ch/.v1.root")).unwrap();
+        let out = materialize(&data_dir, &m, &m.root(), &store, false).unwrap();
+        assert!(!fs::symlink_metadata(&out).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(out.join("x")).unwrap(), data(3000, 7));
+        assert_eq!(fs::read(outside.join("keep")).unwrap(), b"mine");
+        let mut names: Vec<_> = fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["keep"], "nothing may be written through a symlink");
+        assert_eq!(current_version(&data_dir, "ch").as_deref(), Some("v1"));
+        assert!(is_materialized(&data_dir, &m, &m.root()));
     }
 
     #[test]

@@ -19,6 +19,23 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/syncnode/chunks/1");
 pub const MAX_REQUEST: u32 = 64 * 1024;
 /// Largest response frame (a manifest of about a million chunks).
 pub const MAX_RESPONSE: u32 = 64 * 1024 * 1024;
+/// Largest `Chunk` response frame: the tag and the largest chunk any valid
+/// manifest can hold (`merkle::chunker::MAX_CHUNK_SIZE_LIMIT`).
+pub const MAX_CHUNK_FRAME: u32 = 1 + merkle::chunker::MAX_CHUNK_SIZE_LIMIT;
+/// Largest `Hello` reply frame.
+pub const MAX_HELLO_REPLY: u32 = 1024 * 1024;
+/// Largest frame of any other response (`NotFound`, `Error`, `Ack`, `Busy`).
+pub const MAX_SMALL_RESPONSE: u32 = 64 * 1024;
+/// Most peer records in a `Hello` reply.
+pub const MAX_PEER_RECORDS: usize = 64;
+/// Most addresses in a `Hello`, a `Hello` reply or one peer record.
+pub const MAX_ADDRS: usize = 32;
+/// Most labels in a `Hello`.
+pub const MAX_LABELS: usize = 32;
+/// Most signed roots in a `Hello` reply.
+pub const MAX_ROOTS: usize = 1024;
+/// Most complete-version roots in a `Hello` reply.
+pub const MAX_COMPLETE: usize = 4096;
 
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +55,13 @@ pub enum Request {
     /// Availability: the sender holds these chunks of a version (indices into
     /// the manifest's `unique_chunks()`), or all of them.
     Have(Have),
+    /// Not a wire message: an inbound request that broke the protocol
+    /// (oversized, truncated, corrupt, unknown tag, undecodable body), with
+    /// the reason. The codec hands it to the daemon instead of failing the
+    /// stream, because libp2p reports a failed request read to nobody; the
+    /// daemon logs it with the peer id and answers `Error`. It is never sent
+    /// (it encodes to an empty payload, which every receiver refuses).
+    Malformed(String),
 }
 
 /// Body of [`Request::Have`].
@@ -124,6 +148,53 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
+fn at_most(what: &str, n: usize, max: usize) -> io::Result<()> {
+    if n > max {
+        return Err(invalid(format!(
+            "{what} lists {n} entries, more than {max}"
+        )));
+    }
+    Ok(())
+}
+
+impl HelloReply {
+    /// Checks the count limits of `docs/protocol.md` ([`MAX_PEER_RECORDS`],
+    /// [`MAX_ADDRS`], [`MAX_ROOTS`], [`MAX_COMPLETE`]).
+    fn check_limits(&self) -> io::Result<()> {
+        at_most(
+            "hello reply listen_addrs",
+            self.listen_addrs.len(),
+            MAX_ADDRS,
+        )?;
+        at_most("hello reply peers", self.peers.len(), MAX_PEER_RECORDS)?;
+        for p in &self.peers {
+            at_most("hello reply peer addrs", p.addrs.len(), MAX_ADDRS)?;
+        }
+        at_most("hello reply roots", self.roots.len(), MAX_ROOTS)?;
+        at_most("hello reply complete", self.complete.len(), MAX_COMPLETE)
+    }
+}
+
+/// The largest request frame for a message tag; `None` for an unknown tag.
+pub fn request_limit(tag: u8) -> Option<u32> {
+    matches!(
+        tag,
+        tag::HELLO | tag::GET_MANIFEST | tag::GET_CHUNK | tag::HAVE
+    )
+    .then_some(MAX_REQUEST)
+}
+
+/// The largest response frame for a message tag; `None` for an unknown tag.
+pub fn response_limit(tag: u8) -> Option<u32> {
+    match tag {
+        tag::HELLO => Some(MAX_HELLO_REPLY),
+        tag::MANIFEST => Some(MAX_RESPONSE),
+        tag::CHUNK => Some(MAX_CHUNK_FRAME),
+        tag::NOT_FOUND | tag::ERROR | tag::ACK | tag::BUSY => Some(MAX_SMALL_RESPONSE),
+        _ => None,
+    }
+}
+
 fn hash_at(body: &[u8]) -> io::Result<Hash> {
     let arr: [u8; 32] = body
         .try_into()
@@ -147,6 +218,7 @@ impl Request {
                 v.extend(postcard::to_stdvec(h).expect("postcard encodes to a Vec"));
                 v
             }
+            Request::Malformed(_) => Vec::new(),
         }
     }
 
@@ -156,9 +228,13 @@ impl Request {
             .split_first()
             .ok_or_else(|| invalid("empty request"))?;
         match t {
-            tag::HELLO => postcard::from_bytes(body)
-                .map(Request::Hello)
-                .map_err(|e| invalid(format!("bad hello: {e}"))),
+            tag::HELLO => {
+                let h: Hello =
+                    postcard::from_bytes(body).map_err(|e| invalid(format!("bad hello: {e}")))?;
+                at_most("hello listen_addrs", h.listen_addrs.len(), MAX_ADDRS)?;
+                at_most("hello labels", h.labels.len(), MAX_LABELS)?;
+                Ok(Request::Hello(h))
+            }
             tag::GET_MANIFEST => Ok(Request::GetManifest {
                 root: hash_at(body)?,
             }),
@@ -209,9 +285,12 @@ impl Response {
             return Err(invalid("empty response"));
         };
         match t {
-            tag::HELLO => postcard::from_bytes(&payload[1..])
-                .map(Response::Hello)
-                .map_err(|e| invalid(format!("bad hello reply: {e}"))),
+            tag::HELLO => {
+                let h: HelloReply = postcard::from_bytes(&payload[1..])
+                    .map_err(|e| invalid(format!("bad hello reply: {e}")))?;
+                h.check_limits()?;
+                Ok(Response::Hello(h))
+            }
             tag::MANIFEST | tag::CHUNK => {
                 payload.remove(0);
                 Ok(if t == tag::MANIFEST {
@@ -231,15 +310,76 @@ impl Response {
     }
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: u32) -> io::Result<Vec<u8>> {
+/// Reads one frame: the 8-byte header, whose length must be at most `max`,
+/// then the tag byte, whose own limit (`limit(tag)`, `None` for an unknown
+/// tag) the length must also respect, then the rest of the payload, and
+/// checks the CRC. Memory grows with the bytes actually received (at most
+/// twice them, plus 64 KiB), never with the length a peer claims, so a
+/// truncated or lying frame costs what it sent.
+pub async fn read_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: u32,
+    limit: fn(u8) -> Option<u32>,
+) -> io::Result<Vec<u8>> {
     let mut header = [0u8; merkle::FRAME_HEADER_LEN];
-    io.read_exact(&mut header).await?;
+    io.read_exact(&mut header)
+        .await
+        .map_err(|e| truncated(e, "frame header", 0))?;
     let (len, crc) =
         merkle::parse_frame_header(&header, max).map_err(|e| invalid(e.to_string()))?;
-    let mut payload = vec![0u8; len as usize];
-    io.read_exact(&mut payload).await?;
+    let mut payload = Vec::with_capacity((len as usize).min(64 * 1024));
+    if len > 0 {
+        let mut tag = [0u8; 1];
+        io.read_exact(&mut tag)
+            .await
+            .map_err(|e| truncated(e, "frame payload", len))?;
+        let Some(tag_max) = limit(tag[0]) else {
+            return Err(invalid(format!("unknown message tag {}", tag[0])));
+        };
+        if len > tag_max {
+            return Err(invalid(format!(
+                "frame of {len} bytes exceeds the limit of {tag_max} bytes for message tag {}",
+                tag[0]
+            )));
+        }
+        payload.push(tag[0]);
+        (&mut *io)
+            .take(u64::from(len) - 1)
+            .read_to_end(&mut payload)
+            .await?;
+        if payload.len() < len as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "truncated frame: the header announced {len} bytes, the stream ended after {}",
+                    payload.len()
+                ),
+            ));
+        }
+    }
     merkle::check_frame_crc(crc, &payload).map_err(|e| invalid(e.to_string()))?;
     Ok(payload)
+}
+
+/// Whether a codec error means the peer broke the protocol (rather than the
+/// connection failing): the kinds `read_frame` and the decoders return.
+pub fn is_malformed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+    )
+}
+
+fn truncated(e: io::Error, what: &str, len: u32) -> io::Error {
+    if e.kind() != io::ErrorKind::UnexpectedEof {
+        return e;
+    }
+    let msg = if len == 0 {
+        format!("truncated {what}: the stream ended before 8 header bytes")
+    } else {
+        format!("truncated {what}: the header announced {len} bytes, the stream ended first")
+    };
+    io::Error::new(io::ErrorKind::UnexpectedEof, msg)
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, payload: &[u8]) -> io::Result<()> {
@@ -261,14 +401,23 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        Request::decode(&read_frame(io, MAX_REQUEST).await?)
+        let read = match read_frame(io, MAX_REQUEST, request_limit).await {
+            Ok(payload) => Request::decode(&payload),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(r) => Ok(r),
+            // Protocol violations go to the daemon, which knows the peer.
+            Err(e) if is_malformed(&e) => Ok(Request::Malformed(e.to_string())),
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        Response::decode(read_frame(io, MAX_RESPONSE).await?)
+        Response::decode(read_frame(io, MAX_RESPONSE, response_limit).await?)
     }
 
     async fn write_request<T>(
@@ -321,6 +470,63 @@ pub fn topic(channel: &str) -> libp2p::gossipsub::IdentTopic {
     libp2p::gossipsub::IdentTopic::new(format!("syncnode/1/{channel}"))
 }
 
+/// A test-only global allocator that records, per thread, the largest single
+/// allocation, so tests can assert that a decoder never allocates what a peer
+/// merely claims.
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod alloc_probe {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    struct Probe;
+
+    // SAFETY: forwards to `System` unchanged; only records sizes.
+    unsafe impl GlobalAlloc for Probe {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            // SAFETY: same contract as the caller's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: same contract as the caller's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            // SAFETY: same contract as the caller's.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            // SAFETY: same contract as the caller's.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    fn note(size: usize) {
+        // `try_with`: the slot may already be gone while a thread exits.
+        let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    }
+
+    #[global_allocator]
+    static PROBE: Probe = Probe;
+
+    /// Forgets earlier allocations of this thread.
+    pub fn reset() {
+        LARGEST.with(|l| l.set(0));
+    }
+
+    /// The largest allocation of this thread since [`reset`].
+    pub fn largest() -> usize {
+        LARGEST.with(|l| l.get())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,16 +564,183 @@ mod tests {
         }
     }
 
+    fn read_req(bytes: &[u8]) -> io::Result<Vec<u8>> {
+        futures::executor::block_on(read_frame(&mut &bytes[..], MAX_REQUEST, request_limit))
+    }
+
+    fn read_resp(bytes: &[u8]) -> io::Result<Vec<u8>> {
+        futures::executor::block_on(read_frame(&mut &bytes[..], MAX_RESPONSE, response_limit))
+    }
+
+    /// A frame header announcing `len` payload bytes (CRC of nothing).
+    fn header(len: u32) -> Vec<u8> {
+        let mut h = len.to_le_bytes().to_vec();
+        h.extend(0u32.to_le_bytes());
+        h
+    }
+
     #[test]
     fn codec_rejects_corrupt_frames() {
         let mut framed = merkle::encode_frame(&Response::Chunk(vec![5; 64]).encode());
         let last = framed.len() - 1;
         framed[last] ^= 1;
-        let r = futures::executor::block_on(read_frame(&mut &framed[..], MAX_RESPONSE));
-        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
-        let big = merkle::frame_header(&vec![0u8; MAX_REQUEST as usize + 1]);
-        let r = futures::executor::block_on(read_frame(&mut &big[..], MAX_REQUEST));
-        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let e = read_resp(&framed).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("CRC32C"), "{e}");
+        framed[last] ^= 1;
+        assert_eq!(
+            Response::decode(read_resp(&framed).unwrap()).unwrap(),
+            Response::Chunk(vec![5; 64])
+        );
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_from_the_header_alone() {
+        // Only the header arrives: the refusal cannot have waited for (or
+        // allocated) the payload, or this would be UnexpectedEof.
+        for (bytes, max) in [
+            (header(MAX_REQUEST + 1), MAX_REQUEST),
+            (header(u32::MAX), MAX_REQUEST),
+        ] {
+            let e = read_req(&bytes).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert!(e.to_string().contains(&format!("limit of {max}")), "{e}");
+        }
+        let e = read_resp(&header(MAX_RESPONSE + 1)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        // Under the frame limit but over the limit of its message type: refused
+        // once the tag byte is in, before the body.
+        for (t, len) in [
+            (tag::CHUNK, MAX_CHUNK_FRAME + 1),
+            (tag::HELLO, MAX_HELLO_REPLY + 1),
+            (tag::NOT_FOUND, MAX_SMALL_RESPONSE + 1),
+        ] {
+            let mut bytes = header(len);
+            bytes.push(t);
+            let e = read_resp(&bytes).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "tag {t}: {e}");
+            assert!(e.to_string().contains(&format!("message tag {t}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn truncated_frames_say_so() {
+        let framed = merkle::encode_frame(
+            &Request::GetChunk {
+                hash: Hash::of(b"x"),
+            }
+            .encode(),
+        );
+        for cut in [0, 3, 8, 9, framed.len() - 1] {
+            let e = read_req(&framed[..cut]).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "cut {cut}: {e}");
+            assert!(e.to_string().contains("truncated"), "cut {cut}: {e}");
+        }
+        assert!(read_req(&framed).is_ok());
+    }
+
+    #[test]
+    fn unknown_tags_are_refused_before_their_body() {
+        for t in [0u8, 5, 8, 200, 255] {
+            let mut bytes = header(100);
+            bytes.push(t);
+            let e = read_req(&bytes).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert!(e.to_string().contains("unknown message tag"), "{e}");
+        }
+        for t in [0u8, 8, 255] {
+            let mut bytes = header(100);
+            bytes.push(t);
+            assert!(read_resp(&bytes).is_err());
+            assert!(Response::decode(vec![t]).is_err());
+            assert!(Request::decode(&[t]).is_err());
+        }
+        assert!(
+            Request::decode(&[tag::GET_CHUNK; 32]).is_err(),
+            "31-byte hash"
+        );
+        assert!(Request::decode(&[]).is_err());
+        assert!(Response::decode(vec![]).is_err());
+    }
+
+    #[test]
+    fn a_lying_length_costs_only_what_was_sent() {
+        // The header claims a 64 MiB manifest; 1000 bytes arrive, then EOF.
+        let mut bytes = header(MAX_RESPONSE);
+        bytes.push(tag::MANIFEST);
+        bytes.extend(vec![7u8; 1000]);
+        alloc_probe::reset();
+        let e = read_resp(&bytes).unwrap_err();
+        let largest = alloc_probe::largest();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        assert!(
+            largest < 1 << 20,
+            "allocated {largest} bytes for a frame that sent 1 KB"
+        );
+    }
+
+    #[test]
+    fn codec_hands_malformed_requests_to_the_daemon() {
+        use libp2p::request_response::Codec as _;
+        let read = |bytes: &[u8]| {
+            futures::executor::block_on(Codec.read_request(&PROTOCOL, &mut &bytes[..]))
+        };
+        let good = merkle::encode_frame(
+            &Request::GetChunk {
+                hash: Hash::of(b"x"),
+            }
+            .encode(),
+        );
+        assert_eq!(
+            read(&good).unwrap(),
+            Request::GetChunk {
+                hash: Hash::of(b"x")
+            }
+        );
+        for (bytes, want) in [
+            (header(u32::MAX), "exceeds the limit"),
+            (good[..20].to_vec(), "truncated"),
+            (merkle::encode_frame(&[99]), "unknown"),
+            (merkle::encode_frame(&[tag::GET_CHUNK, 1]), "32-byte hash"),
+        ] {
+            match read(&bytes).unwrap() {
+                Request::Malformed(why) => assert!(why.contains(want), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Request::decode(&Request::Malformed("x".into()).encode()).is_err());
+    }
+
+    #[test]
+    fn hello_counts_are_limited() {
+        let addr = vec![4, 127, 0, 0, 1];
+        let ok = HelloReply {
+            peers: vec![
+                PeerRecord {
+                    id: vec![1],
+                    addrs: vec![addr.clone(); MAX_ADDRS]
+                };
+                MAX_PEER_RECORDS
+            ],
+            ..Default::default()
+        };
+        assert!(Response::decode(Response::Hello(ok.clone()).encode()).is_ok());
+        let mut too_many = ok.clone();
+        too_many.peers.push(too_many.peers[0].clone());
+        let mut long = ok.clone();
+        long.peers[3].addrs.push(addr.clone());
+        let mut roots = ok;
+        roots.complete = vec![Hash::of(b"r"); MAX_COMPLETE + 1];
+        for bad in [too_many, long, roots] {
+            let e = Response::decode(Response::Hello(bad).encode()).unwrap_err();
+            assert!(e.to_string().contains("more than"), "{e}");
+        }
+        let hello = Hello {
+            listen_addrs: vec![addr; MAX_ADDRS + 1],
+            ..Default::default()
+        };
+        let e = Request::decode(&Request::Hello(hello).encode()).unwrap_err();
+        assert!(e.to_string().contains("listen_addrs"), "{e}");
     }
 
     proptest! {

@@ -30,6 +30,7 @@ use crate::materialize;
 use crate::metrics::Metrics;
 use crate::publish::SourceIndex;
 use crate::ratelimit::Limiter;
+use crate::security;
 use crate::store::{ChunkStore, StoreError};
 use crate::wire::{self, Gossip, Hello, HelloReply, PeerRecord, Request, Response};
 
@@ -55,6 +56,10 @@ pub const HAVE_INTERVAL: Duration = Duration::from_millis(5);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// `allowed_peers` (disabled when the list is empty).
+    allow: libp2p::swarm::behaviour::toggle::Toggle<
+        libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::AllowedPeers>,
+    >,
     gossipsub: gossipsub::Behaviour,
     rr: request_response::Behaviour<wire::Codec>,
     ping: libp2p::ping::Behaviour,
@@ -211,9 +216,13 @@ pub struct Daemon {
     /// One liveness/reconnect/ban session per peer ever connected (see `sessions.rs`).
     sessions: HashMap<PeerId, swarm::Session>,
     session_cfg: swarm::SessionConfig,
+    /// Allowlist and private-network settings, for connection log lines.
+    access: security::Access,
 }
 
-fn load_or_create_identity(path: &std::path::Path) -> anyhow::Result<identity::Keypair> {
+/// Loads the node's libp2p identity from `path` (`<data_dir>/.syncnode/node.key`),
+/// creating a new one (mode 0600) if the file does not exist.
+pub fn load_or_create_identity(path: &std::path::Path) -> anyhow::Result<identity::Keypair> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Ok(bytes) = std::fs::read(path) {
         return identity::Keypair::from_protobuf_encoding(&bytes).with_context(|| {
@@ -267,6 +276,8 @@ impl Daemon {
         let limiter = Limiter::new(cfg.limits, cfg.raw.bandwidth_mode, metrics.clone());
         crate::ratelimit::spawn_sampler(limiter.clone());
         let swarm = build_swarm(key, &cfg, limiter.clone())?;
+        let access = security::Access::new(&cfg.allowed_peers, cfg.psk.as_ref());
+        access.log_startup(swarm.local_peer_id());
         let metrics_addr = match cfg.metrics_listen {
             Some(a) => Some(
                 crate::metrics::serve(a, metrics.clone())
@@ -319,6 +330,7 @@ impl Daemon {
             rng_seed: rand::random(),
             sessions: HashMap::new(),
             session_cfg: swarm::SessionConfig::default(),
+            access,
         };
         d.session_cfg = sessions::session_config(&d.cfg);
         for addr in d.cfg.listen.clone() {
@@ -643,19 +655,27 @@ impl Daemon {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::warn!(peer = ?peer_id, %error, "cannot connect to peer; will retry with backoff");
+                self.access.log_outgoing_error(peer_id, &error);
                 if let Some(p) = peer_id
                     && !self.swarm.is_connected(&p)
                 {
                     self.session_input(p, swarm::SessionInput::DialFailed);
                 }
             }
+            SwarmEvent::IncomingConnectionError {
+                peer_id,
+                send_back_addr,
+                error,
+                ..
+            } => self
+                .access
+                .log_incoming_error(peer_id, &send_back_addr, &error),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => self.on_ping(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
+                message_id,
                 message,
-                ..
-            })) => self.on_gossip(propagation_source, message),
+            })) => self.on_gossip(propagation_source, message_id, message),
             SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr(ev),
             _ => {}
         }
@@ -669,15 +689,19 @@ fn build_swarm(
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let request_timeout = Duration::from_secs(cfg.raw.request_timeout_secs * 3);
     let tcp_config = tcp::Config::default().nodelay(true);
+    let psk = cfg.psk;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        // TCP + Noise + yamux as `with_tcp` builds it, with the bandwidth
-        // limiter wrapped around each TCP stream (see `ratelimit`).
-        .with_other_transport(|key| crate::ratelimit::transport(key, tcp_config, limiter))?
+        // TCP + (private network) + Noise + yamux as `with_tcp` builds it,
+        // with the bandwidth limiter wrapped around each TCP stream (see
+        // `ratelimit`, `security`).
+        .with_other_transport(|key| crate::ratelimit::transport(key, tcp_config, limiter, psk))?
         .with_behaviour(|key| {
             let gs_config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(700))
                 .validation_mode(gossipsub::ValidationMode::Strict)
+                // Forward a message only once it decodes (see `on_gossip`).
+                .validate_messages()
                 .max_transmit_size(256 * 1024)
                 .build()
                 .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
@@ -695,6 +719,7 @@ fn build_swarm(
             );
             let ping = libp2p::ping::Behaviour::new(sessions::ping_config(cfg));
             Ok(Behaviour {
+                allow: security::allowlist(&cfg.allowed_peers),
                 gossipsub,
                 rr,
                 ping,

@@ -3,10 +3,31 @@
 
 use super::*;
 
+/// Logs a failed stream: a malformed one loudly (only that stream ends; the
+/// connection and every other peer carry on), others at debug.
+fn log_failure(
+    peer: PeerId,
+    what: &str,
+    io: Option<&std::io::Error>,
+    error: &dyn std::fmt::Display,
+) {
+    match io {
+        Some(e) if wire::is_malformed(e) => {
+            tracing::warn!(%peer, error = %e, "dropped a malformed {what} from peer; still serving others")
+        }
+        _ => tracing::debug!(%peer, %error, "{what} stream failed"),
+    }
+}
+
 impl Daemon {
     pub(super) fn hello(&self) -> Hello {
         Hello {
-            listen_addrs: self.swarm.listeners().map(|a| a.to_vec()).collect(),
+            listen_addrs: self
+                .swarm
+                .listeners()
+                .take(wire::MAX_ADDRS)
+                .map(|a| a.to_vec())
+                .collect(),
             labels: self
                 .cfg
                 .raw
@@ -65,20 +86,51 @@ impl Daemon {
                 request_id,
                 error,
                 ..
-            } => match self.pending.remove(&request_id) {
-                Some(Pending::Chunk { root, idx, .. }) => {
-                    tracing::debug!(%peer, %error, "chunk request failed");
-                    self.feed(root, Input::Failed { peer, chunk: idx });
-                }
-                Some(Pending::Manifest { root }) => self.on_manifest(peer, root, None),
-                Some(Pending::Have { root }) => self.have_refused(peer, root),
-                _ => {}
-            },
-            Event::ResponseSent { request_id, .. } | Event::InboundFailure { request_id, .. } => {
+            } => {
+                let io = match &error {
+                    request_response::OutboundFailure::Io(e) => Some(e),
+                    _ => None,
+                };
+                log_failure(peer, "response", io, &error);
+                self.on_outbound_failure(peer, request_id, error);
+            }
+            Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let io = match &error {
+                    request_response::InboundFailure::Io(e) => Some(e),
+                    _ => None,
+                };
+                log_failure(peer, "request", io, &error);
                 if self.uploads.remove(&request_id) {
                     self.gate.finished();
                 }
             }
+            Event::ResponseSent { request_id, .. } => {
+                if self.uploads.remove(&request_id) {
+                    self.gate.finished();
+                }
+            }
+        }
+    }
+
+    fn on_outbound_failure(
+        &mut self,
+        peer: PeerId,
+        request_id: OutboundRequestId,
+        error: request_response::OutboundFailure,
+    ) {
+        match self.pending.remove(&request_id) {
+            Some(Pending::Chunk { root, idx, .. }) => {
+                tracing::debug!(%peer, %error, "chunk request failed");
+                self.feed(root, Input::Failed { peer, chunk: idx });
+            }
+            Some(Pending::Manifest { root }) => self.on_manifest(peer, root, None),
+            Some(Pending::Have { root }) => self.have_refused(peer, root),
+            _ => {}
         }
     }
 
@@ -119,6 +171,11 @@ impl Daemon {
                     }
                     _ => Response::NotFound,
                 };
+                let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
+            }
+            Request::Malformed(reason) => {
+                tracing::warn!(%peer, %reason, "dropped a malformed request from peer; still serving others");
+                let resp = Response::Error(format!("malformed request: {reason}"));
                 let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
             }
             Request::GetChunk { hash } => {
@@ -181,10 +238,15 @@ impl Daemon {
             .peers
             .iter()
             .filter(|(id, i)| **id != asker && i.connections > 0 && !i.addrs.is_empty())
-            .take(64)
+            .take(wire::MAX_PEER_RECORDS)
             .map(|(id, i)| PeerRecord {
                 id: id.to_bytes(),
-                addrs: i.addrs.iter().map(|a| a.to_vec()).collect(),
+                addrs: i
+                    .addrs
+                    .iter()
+                    .take(wire::MAX_ADDRS)
+                    .map(|a| a.to_vec())
+                    .collect(),
             })
             .collect();
         let roots = self
@@ -192,12 +254,14 @@ impl Daemon {
             .values()
             .filter_map(|r| self.versions.get(r))
             .map(|v| v.signed.clone())
+            .take(wire::MAX_ROOTS)
             .collect();
         let complete = self
             .versions
             .iter()
             .filter(|(_, v)| matches!(v.state, VState::Complete))
             .map(|(r, _)| *r)
+            .take(wire::MAX_COMPLETE)
             .collect();
         HelloReply {
             listen_addrs: self.hello().listen_addrs,
@@ -231,7 +295,12 @@ impl Daemon {
                 .sessions
                 .get(&id)
                 .is_some_and(swarm::Session::is_banned);
-            if id == me || banned || self.swarm.is_connected(&id) || budget == 0 {
+            if id == me
+                || banned
+                || self.swarm.is_connected(&id)
+                || budget == 0
+                || !security::is_allowed(&self.cfg.allowed_peers, &id)
+            {
                 continue;
             }
             let addrs: Vec<Multiaddr> = rec

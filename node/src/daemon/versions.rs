@@ -13,10 +13,31 @@ impl Daemon {
         }
     }
 
-    pub(super) fn on_gossip(&mut self, via: PeerId, message: gossipsub::Message) {
-        let Ok(msg) = Gossip::decode(&message.data) else {
-            tracing::debug!(peer = %via, "undecodable gossip message");
-            return;
+    /// A gossip message: decoded, then reported to gossipsub (which forwards
+    /// only accepted messages, so undecodable ones stop here), then handled.
+    pub(super) fn on_gossip(
+        &mut self,
+        via: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let decoded = Gossip::decode(&message.data);
+        let verdict = if decoded.is_ok() {
+            gossipsub::MessageAcceptance::Accept
+        } else {
+            gossipsub::MessageAcceptance::Reject
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &via, verdict);
+        let msg = match decoded {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(peer = %via, source = ?message.source, bytes = message.data.len(), error = %e, "dropped an undecodable gossip message");
+                return;
+            }
         };
         match msg {
             Gossip::Announce(signed) => {
@@ -47,6 +68,9 @@ impl Daemon {
     /// Checks signature and trust of a root.
     pub(super) fn check_root(&self, signed: &SignedRoot) -> Result<(), String> {
         signed.verify().map_err(|e| format!("bad signature: {e}"))?;
+        // Names become folder names under data_dir: refuse unsafe ones at once.
+        merkle::validate_name("channel", &signed.channel).map_err(|e| e.to_string())?;
+        merkle::validate_name("version", &signed.version).map_err(|e| e.to_string())?;
         let trusted = match &self.seed {
             Some(s) => s.signed.publisher == signed.publisher,
             None => self
