@@ -147,6 +147,15 @@ impl Report {
         self.counters.origin_egress as f64 / self.published_bytes as f64
     }
 
+    /// Copies of the published bytes that crossed into each node rack (min, max).
+    pub fn rack_copies(&self) -> (f64, f64) {
+        let racks = &self.counters.into_rack[..self.counters.into_rack.len().saturating_sub(1)];
+        let c = |b: &u64| *b as f64 / self.published_bytes as f64;
+        let min = racks.iter().map(c).fold(f64::INFINITY, f64::min);
+        let max = racks.iter().map(c).fold(0.0, f64::max);
+        (min, max)
+    }
+
     /// Whether every safety and liveness check passed.
     pub fn passed(&self) -> bool {
         self.violations.is_empty() && self.liveness.is_ok()
@@ -214,6 +223,10 @@ impl fmt::Display for Report {
             })
             .collect();
         writeln!(f, "  bytes by link class: {}", classes.join(", "))?;
+        if self.counters.into_rack.len() > 2 {
+            let (lo, hi) = self.rack_copies();
+            writeln!(f, "  copies crossing into each rack: {lo:.2} to {hi:.2}")?;
+        }
         writeln!(
             f,
             "  cut-off transfers {:.1} MiB, busy {}, not-found {}, rejected chunks {}, penalised {}, banned {}",

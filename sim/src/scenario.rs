@@ -214,6 +214,11 @@ pub enum Fault {
         /// Whether the disk survives.
         #[serde(default)]
         disk: Disk,
+        /// The whole host dies (power, kernel): no connection reset, peers
+        /// notice only after `swarm.peer_timeout_ms`. Default false (the
+        /// process dies and the kernel resets its connections).
+        #[serde(default)]
+        silent: bool,
         /// Who.
         #[serde(flatten)]
         select: Select,
@@ -263,7 +268,7 @@ pub struct SwarmKnobs {
     pub upload_slots: u32,
     /// Downloads at once (default 2, the daemon's `max_downloads`).
     pub download_slots: u32,
-    /// How often a node pushes new `Have`s (default 5 ms, the daemon's `HAVE_INTERVAL`).
+    /// How often a node pushes new `Have`s (default 100 ms, the daemon's `have_interval_ms`).
     pub announce_interval_ms: f64,
     /// How long a silent connection lives before it is declared dead (default 2000 ms).
     pub peer_timeout_ms: f64,
@@ -283,7 +288,7 @@ impl Default for SwarmKnobs {
             max_peers: 64,
             upload_slots: 2,
             download_slots: 2,
-            announce_interval_ms: 5.0,
+            announce_interval_ms: 100.0,
             peer_timeout_ms: 2000.0,
             reconnect_ms: 1000.0,
             remote_wait_ms: None,

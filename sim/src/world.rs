@@ -154,6 +154,7 @@ pub(crate) enum Ev {
     },
     Crash {
         host: HostId,
+        silent: bool,
     },
     Restart {
         host: HostId,
@@ -217,6 +218,8 @@ pub struct Counters {
     pub by_class: [u64; 5],
     /// Bytes the origin sent (delivered).
     pub origin_egress: u64,
+    /// Bytes delivered into each rack from outside it (index = rack; the origin's rack last).
+    pub into_rack: Vec<u64>,
     /// Bytes delivered in total.
     pub delivered: u64,
     /// Bytes of transfers cut off (crash, partition, cancel).
@@ -362,7 +365,10 @@ impl World {
             origin_dies_after: None,
             quiet_at: 0,
             trace: 0xcbf2_9ce4_8422_2325,
-            counters: Counters::default(),
+            counters: Counters {
+                into_rack: vec![0; sc.racks() as usize + 1],
+                ..Counters::default()
+            },
             violations: Vec::new(),
             dirty: Vec::new(),
             is_dirty: vec![false; n],
@@ -706,10 +712,11 @@ impl World {
     }
 
     /// The core's own invariants (swarm/STATE.md), on every touched node in
-    /// swarms of up to 64 nodes and on every 64th touch in larger ones.
+    /// swarms of up to 16 nodes and on every 16th touch in larger ones
+    /// (they cost O(chunks + peers) each).
     fn check_fetch(&mut self, host: HostId) {
         self.drains += 1;
-        if self.sc.nodes > 64 && !self.drains.is_multiple_of(64) {
+        if self.sc.nodes > 16 && !self.drains.is_multiple_of(16) {
             return;
         }
         if let Some(nf) = self.hosts[host as usize].fetch.as_ref() {

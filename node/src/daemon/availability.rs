@@ -2,11 +2,11 @@
 //!
 //! Every node keeps, per version, an append-only log of the chunk indices it
 //! holds (indices into the manifest's `unique_chunks()`, the same on every
-//! node). Every [`HAVE_INTERVAL`](super::HAVE_INTERVAL) (5 ms) it pushes to
-//! each connected peer the part of the log that peer has not seen yet
-//! (`Have`; nothing when nothing is new), or `Have { all: true }` once the
-//! version is complete, so a verified chunk becomes fetchable from it within
-//! about 5 ms plus a round trip: data flows through the swarm in a pipeline.
+//! node). Every `have_interval_ms` (default 100 ms) it pushes to each
+//! connected peer the part of the log that peer has not seen yet (`Have`;
+//! nothing when nothing is new), or `Have { all: true }` once the version is
+//! complete, so a verified chunk becomes fetchable from it within one
+//! interval plus a round trip: data flows through the swarm in a pipeline.
 //! A peer that does not know the version yet answers `NotFound`; it is sent
 //! the whole log again 500 ms later. `Have`s for a version whose manifest is
 //! not here yet are buffered (bounded) and applied when the fetch starts.

@@ -51,9 +51,6 @@ pub struct SeedSpec {
     pub until_complete: Option<usize>,
 }
 
-/// How often new chunk indices are pushed to peers (`Have`).
-pub const HAVE_INTERVAL: Duration = Duration::from_millis(5);
-
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     /// `allowed_peers` (disabled when the list is empty).
@@ -202,6 +199,7 @@ pub struct Daemon {
     /// Upload admission: `max_uploads` at once; a publisher spreads distinct
     /// chunks first (`swarm::serve`).
     gate: UploadGate<Hash>,
+    have_interval: Duration,
     stored_tx: mpsc::Sender<Stored>,
     stored_rx: mpsc::Receiver<Stored>,
     served_tx: mpsc::Sender<(ResponseChannel<Response>, Response)>,
@@ -301,8 +299,10 @@ impl Daemon {
         if let Some(sp) = &seed {
             gate.spread_anew(sp.manifest.unique_chunks().len(), DEFAULT_RESEND_AFTER);
         }
+        let have_interval = Duration::from_millis(cfg.raw.have_interval_ms);
         let mut d = Daemon {
             gate,
+            have_interval,
             swarm,
             cfg,
             state_dir,
@@ -477,11 +477,9 @@ impl Daemon {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Availability is pushed to peers in batches at this pace: short,
-        // because a chunk is relayable only once its holder announced it
-        // (the simulator puts 100 ms at 1.44 x S/B and 5 ms at 1.18 x S/B
-        // for 100 nodes; see docs/simulator.md).
-        let mut have_tick = tokio::time::interval(HAVE_INTERVAL);
+        // Availability is pushed to peers in batches at this pace
+        // (`have_interval_ms`; see its doc for the trade-off).
+        let mut have_tick = tokio::time::interval(self.have_interval);
         have_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

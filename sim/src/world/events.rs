@@ -283,6 +283,10 @@ impl World {
         let len = u64::from(self.lens[tr.gid as usize]);
         let class = self.class(server, tr.client);
         self.counters.by_class[class] += len;
+        if class >= 2 {
+            let rack = self.hosts[tr.client as usize].place.rack as usize;
+            self.counters.into_rack[rack] += len;
+        }
         self.counters.delivered += len;
         self.hosts[tr.client as usize].received += len;
         if server == ORIGIN {

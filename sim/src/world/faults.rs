@@ -23,10 +23,11 @@ impl World {
                     at_s,
                     restart_s,
                     disk,
+                    silent,
                     select,
                 } => {
                     for host in self.select(&select) {
-                        self.push(secs(at_s), Ev::Crash { host });
+                        self.push(secs(at_s), Ev::Crash { host, silent });
                         if let Some(r) = restart_s {
                             self.pending_restarts += 1;
                             self.push(secs(r), Ev::Restart { host, disk });
@@ -65,7 +66,7 @@ impl World {
         match ev {
             Ev::ConnDown { a, b, timeout } => self.conn_down(a, b, timeout),
             Ev::ConnUp { a, b } => self.conn_up(a, b),
-            Ev::Crash { host } => self.crash(host),
+            Ev::Crash { host, silent } => self.crash(host, silent),
             Ev::Restart { host, disk } => {
                 self.pending_restarts -= 1;
                 self.restart(host, disk);
@@ -169,7 +170,7 @@ impl World {
         }
     }
 
-    fn crash(&mut self, host: HostId) {
+    fn crash(&mut self, host: HostId, silent: bool) {
         let h = &mut self.hosts[host as usize];
         if !h.alive {
             return;
@@ -188,9 +189,16 @@ impl World {
             self.drop_flow(id);
         }
         self.hosts[host as usize].gate = UploadGate::new(self.sc.swarm.upload_slots as usize);
-        // The kernel resets the connections: peers notice after one latency.
+        // The kernel resets the connections: peers notice after one latency
+        // (a dead host resets nothing: they notice after the peer timeout).
+        let timeout = ms(self.sc.swarm.peer_timeout_ms);
         for p in self.hosts[host as usize].nbrs.clone() {
-            let at = self.t + self.latency(host, p);
+            let at = self.t
+                + if silent {
+                    timeout
+                } else {
+                    self.latency(host, p)
+                };
             self.push(
                 at,
                 Ev::ConnDown {
@@ -310,7 +318,7 @@ impl World {
         let vd = Arc::clone(&self.versions[latest]);
         if vd.chunks.iter().all(|g| self.copies[*g as usize] >= k) {
             self.origin_dies_after = None;
-            self.crash(ORIGIN);
+            self.crash(ORIGIN, false);
         }
     }
 }
