@@ -130,17 +130,27 @@ mod tests {
     fn an_origin_spreads_distinct_chunks_first() {
         let t = Instant::now();
         let ms = Duration::from_millis;
-        let mut g = UploadGate::new(4).spreading_first(3, ms(500));
-        assert_eq!(g.admit(t, &"a"), Admission::Serve);
+        let mut g = UploadGate::new(1).spreading_first(3, ms(500));
+        let mut serve = |g: &mut UploadGate<&str>, at, key| {
+            let a = g.admit(at, &key);
+            if a == Admission::Serve {
+                g.finished();
+            }
+            a
+        };
+        assert_eq!(serve(&mut g, t, "a"), Admission::Serve);
         // A second copy of a while others never left: refused...
-        assert_eq!(g.admit(t + ms(10), &"a"), Admission::Busy);
-        assert_eq!(g.admit(t + ms(10), &"b"), Admission::Serve);
+        assert_eq!(serve(&mut g, t + ms(10), "a"), Admission::Busy);
+        assert_eq!(serve(&mut g, t + ms(10), "b"), Admission::Serve);
         // ...until resend_after has passed (its first receiver may be gone).
-        assert_eq!(g.admit(t + ms(500), &"a"), Admission::Serve);
-        assert_eq!(g.admit(t + ms(501), &"b"), Admission::Busy);
+        assert_eq!(serve(&mut g, t + ms(500), "a"), Admission::Serve);
+        assert_eq!(serve(&mut g, t + ms(501), "b"), Admission::Busy);
         // Once every chunk left once, copies are served at once.
-        assert_eq!(g.admit(t + ms(502), &"c"), Admission::Serve);
-        assert_eq!(g.admit(t + ms(503), &"b"), Admission::Serve);
+        assert_eq!(serve(&mut g, t + ms(502), "c"), Admission::Serve);
+        assert_eq!(serve(&mut g, t + ms(503), "b"), Admission::Serve);
         assert_eq!(g.spread(), Some(3));
+        // The slot limit still applies while spreading.
+        assert_eq!(g.admit(t + ms(504), &"a"), Admission::Serve);
+        assert_eq!(g.admit(t + ms(504), &"b"), Admission::Busy);
     }
 }
