@@ -131,7 +131,7 @@ mod tests {
         let t = Instant::now();
         let ms = Duration::from_millis;
         let mut g = UploadGate::new(1).spreading_first(3, ms(500));
-        let mut serve = |g: &mut UploadGate<&str>, at, key| {
+        let serve = |g: &mut UploadGate<&str>, at, key| {
             let a = g.admit(at, &key);
             if a == Admission::Serve {
                 g.finished();
