@@ -211,66 +211,51 @@ impl World {
         let admitted =
             held != 0 && self.hosts[server as usize].gate.admit(now, &gid) == Admission::Serve;
         let s = &self.hosts[server as usize];
-        if held != 0 && !admitted {
-            self.counters.busy += 1;
-            let at = self.t + self.msg_delay(server, client);
-            self.push(
-                at,
-                Ev::Reply {
-                    client,
-                    server,
-                    gid,
-                    busy: true,
-                    inc,
-                },
-            );
-        } else if held != 0 {
-            self.counters.safety_checks += 1;
-            if !s.byzantine && held != self.tokens[gid as usize] {
-                self.violations.push(format!(
-                    "t={:.3}s node {server} served chunk {gid} that it never verified",
-                    self.t as f64 / 1e9
-                ));
+        if held == 0 || !admitted {
+            let busy = held != 0;
+            if busy {
+                self.counters.busy += 1;
+            } else {
+                self.counters.not_found += 1;
             }
-            let token = if s.byzantine {
-                held ^ 0xbad0_bad0
-            } else {
-                held
-            };
-            let len = f64::from(self.lens[gid as usize]);
-            let cap = if self.stalled(server, client) {
-                0.0
-            } else {
-                self.path_cap(server, client)
-            };
-            let t = self.t;
-            self.net.add(
-                t,
-                server as usize,
-                client as usize,
-                len,
-                cap,
-                Transfer {
-                    client,
-                    gid,
-                    token,
-                    inc,
-                },
-            );
-        } else {
-            self.counters.not_found += 1;
             let at = self.t + self.msg_delay(server, client);
-            self.push(
-                at,
-                Ev::Reply {
-                    client,
-                    server,
-                    gid,
-                    busy: false,
-                    inc,
-                },
-            );
+            let reply = Ev::Reply {
+                client,
+                server,
+                gid,
+                busy,
+                inc,
+            };
+            self.push(at, reply);
+            return;
         }
+        self.counters.safety_checks += 1;
+        if !s.byzantine && held != self.tokens[gid as usize] {
+            self.violations.push(format!(
+                "t={:.3}s node {server} served chunk {gid} that it never verified",
+                self.t as f64 / 1e9
+            ));
+        }
+        let token = if s.byzantine {
+            held ^ 0xbad0_bad0
+        } else {
+            held
+        };
+        let len = f64::from(self.lens[gid as usize]);
+        let cap = if self.stalled(server, client) {
+            0.0
+        } else {
+            self.path_cap(server, client)
+        };
+        let t = self.t;
+        let tr = Transfer {
+            client,
+            gid,
+            token,
+            inc,
+        };
+        self.net
+            .add(t, server as usize, client as usize, len, cap, tr);
     }
 
     pub(crate) fn finish_flow(&mut self, id: crate::bandwidth::FlowId) {

@@ -90,19 +90,22 @@ impl World {
         }
     }
 
-    fn drop_flows_between(&mut self, a: HostId, b: HostId) {
-        let ids: Vec<_> = self
-            .net
-            .flows_of(a as usize)
+    /// The transfers between `a` and `b`, either way.
+    fn flows_between(&self, a: HostId, b: HostId) -> Vec<crate::bandwidth::FlowId> {
+        let (a, b) = (a as usize, b as usize);
+        self.net
+            .flows_of(a)
             .into_iter()
             .filter(|id| {
-                self.net.get(*id).is_some_and(|f| {
-                    (f.from == a as usize && f.to == b as usize)
-                        || (f.from == b as usize && f.to == a as usize)
-                })
+                self.net
+                    .get(*id)
+                    .is_some_and(|f| (f.from, f.to) == (a, b) || (f.from, f.to) == (b, a))
             })
-            .collect();
-        for id in ids {
+            .collect()
+    }
+
+    fn drop_flows_between(&mut self, a: HostId, b: HostId) {
+        for id in self.flows_between(a, b) {
             self.drop_flow(id);
         }
     }
@@ -294,13 +297,8 @@ impl World {
     fn stall_flows_between(&mut self, a: HostId, b: HostId, stall: bool) {
         let cap = if stall { 0.0 } else { self.path_cap(a, b) };
         let t = self.t;
-        for id in self.net.flows_of(a as usize) {
-            if self.net.get(id).is_some_and(|f| {
-                (f.from == a as usize && f.to == b as usize)
-                    || (f.from == b as usize && f.to == a as usize)
-            }) {
-                self.net.set_flow_cap(t, id, cap);
-            }
+        for id in self.flows_between(a, b) {
+            self.net.set_flow_cap(t, id, cap);
         }
     }
 
