@@ -279,6 +279,7 @@ mod tests {
             created_unix: 1,
             chunker: cfg,
             files: entries,
+            erasure: None,
         }
     }
 

@@ -282,6 +282,7 @@ pub fn scan(
         created_unix,
         chunker: cfg,
         files: entries,
+        erasure: None,
     };
     manifest.validate()?;
     Ok((manifest, index))
