@@ -170,6 +170,17 @@ pub fn stripes(config: ErasureConfig, unique: &[ChunkRef]) -> Vec<Stripe> {
         .collect()
 }
 
+/// The stripe of piece `piece` of [`Manifest::pieces`](crate::Manifest::pieces),
+/// given `unique` data chunks: data chunk `i` is in stripe `i / data`, parity
+/// piece `unique + j` in stripe `j / parity`.
+pub fn stripe_of_piece(config: ErasureConfig, unique: usize, piece: usize) -> usize {
+    if piece < unique {
+        piece / usize::from(config.data.max(1))
+    } else {
+        (piece - unique) / usize::from(config.parity.max(1))
+    }
+}
+
 impl Erasure {
     /// Checks the parity list against the stripes of `unique`.
     pub fn validate(&self, unique: &[ChunkRef]) -> Result<(), ErasureError> {
@@ -485,6 +496,14 @@ mod tests {
         let mut other = e.clone();
         other.parity[5].hash = Hash([0; 32]);
         assert_ne!(e.leaf(), other.leaf());
+    }
+
+    #[test]
+    fn pieces_map_to_their_stripes() {
+        let cfg = ErasureConfig::new(3, 2).unwrap();
+        // 7 data chunks: stripes [0,1,2] [3,4,5] [6]; parity 7..13.
+        let got: Vec<usize> = (0..13).map(|p| stripe_of_piece(cfg, 7, p)).collect();
+        assert_eq!(got, [0, 0, 0, 1, 1, 1, 2, 0, 0, 1, 1, 2, 2]);
     }
 
     #[test]

@@ -428,6 +428,18 @@ impl Manifest {
         self.files.iter().map(|f| f.chunks.len() as u64).sum()
     }
 
+    /// Every piece a node fetches, holds and serves: the unique chunks
+    /// ([`Manifest::unique_chunks`]) followed by the parity pieces of the
+    /// erasure section, if any. `Have` indices and fetch indices refer to
+    /// this list.
+    pub fn pieces(&self) -> Vec<ChunkRef> {
+        let mut pieces = self.unique_chunks();
+        if let Some(e) = &self.erasure {
+            pieces.extend_from_slice(&e.parity);
+        }
+        pieces
+    }
+
     /// Distinct chunks `(hash, len)` in first-seen order (files in list order,
     /// chunks in file order).
     pub fn unique_chunks(&self) -> Vec<ChunkRef> {

@@ -215,7 +215,7 @@ impl Daemon {
         let Some(v) = self.versions.get_mut(&root) else {
             return;
         };
-        let chunks = m.unique_chunks();
+        let chunks = m.pieces();
         let have: Vec<ChunkIdx> = chunks
             .iter()
             .enumerate()
@@ -281,6 +281,7 @@ impl Daemon {
         v.fetch = Some(fetch);
         v.state = VState::Fetching;
         v.error = None;
+        self.check_all_stripes(root);
         self.prime_fetch(root);
     }
 
@@ -464,6 +465,7 @@ impl Daemon {
                         chunk: s.idx,
                     },
                 );
+                self.check_stripe_of(s.root, s.idx.0);
             }
             Err(StoreError::HashMismatch { expected, actual }) => {
                 Metrics::add(&self.metrics.chunks_rejected, 1);
