@@ -411,10 +411,7 @@ impl Scenario {
                 return Err(bad(key, "must be a positive number of milliseconds"));
             }
         }
-        for (key, v) in [
-            ("swarm.remote_wait_ms", k.remote_wait_ms),
-            ("swarm.origin_resend_ms", k.origin_resend_ms),
-        ] {
+        for (key, v) in [("swarm.remote_wait_ms", k.remote_wait_ms), ("swarm.origin_resend_ms", k.origin_resend_ms)] {
             if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
                 return Err(bad(key, "must be a non-negative number of milliseconds"));
             }

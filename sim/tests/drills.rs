@@ -37,10 +37,7 @@ fn fanout_1000() {
 fn probe() {
     let spec = std::env::var("PROBE").unwrap_or_else(|_| "100:1:100".into());
     for item in spec.split(',') {
-        let v: Vec<f64> = item
-            .split(':')
-            .map(|x| x.parse().expect("number"))
-            .collect();
+        let v: Vec<f64> = item.split(':').map(|x| x.parse().expect("number")).collect();
         let mut sc = load("fanout-1000.yaml");
         sc.nodes = v[0] as u32;
         sc.topology.racks_per_zone = v[1] as u32;

@@ -208,3 +208,27 @@ fn without_parity_the_same_drill_does_not_complete() {
         );
     }
 }
+
+#[test]
+fn bad_erasure_flag_is_refused_naming_the_flag_and_the_rule() {
+    let (c, _tmp) = cluster();
+    let src = c.root.join("src");
+    checkpoint::write_v1(&src, 1 << 20, 1).unwrap();
+    for (spec, rule) in [
+        ("8", "write it as K+M"),
+        ("0+2", "need data in 1..=128"),
+        ("8+200", "parity in 1..=128"),
+    ] {
+        let mut cmd = std::process::Command::new(syncnode_tests::syncnode_bin());
+        cmd.arg("seed")
+            .arg(&src)
+            .args(["--channel", CH, "--erasure", spec, "--key"])
+            .arg(&c.key_file)
+            .arg("--data-dir")
+            .arg(c.root.join("seed-data"));
+        let out = common::run_bounded(&mut cmd, Duration::from_secs(30));
+        assert!(!out.status.success(), "--erasure {spec} must fail: {out:?}");
+        assert!(out.stderr.contains("--erasure"), "{spec}: {}", out.stderr);
+        assert!(out.stderr.contains(rule), "{spec}: {}", out.stderr);
+    }
+}

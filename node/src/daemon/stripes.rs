@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use merkle::erasure::{Erasure, encode_stripe, rebuild_stripe, stripe_of_piece, stripes};
+use merkle::erasure::{Erasure, encode_stripe, rebuild_stripe, stripe_of_piece};
 use merkle::{ChunkRef, Hash, Manifest};
 use std::time::Instant;
 
@@ -40,18 +40,17 @@ struct StripePieces {
     parity: Vec<(u32, ChunkRef)>,
 }
 
-fn stripe_pieces(m: &Manifest, e: &Erasure, unique: &[ChunkRef], s: usize) -> StripePieces {
-    let Some(st) = stripes(e.config, unique).into_iter().nth(s) else {
-        return StripePieces {
-            data: Vec::new(),
-            parity: Vec::new(),
-        };
-    };
-    let n = unique.len();
-    debug_assert_eq!(m.pieces().len(), n + e.parity.len());
+/// Stripe `s` of a version whose pieces are `pieces` (unique chunks, then
+/// parity): O(k + m), without walking the whole list.
+fn stripe_pieces(pieces: &[ChunkRef], e: &Erasure, s: usize) -> StripePieces {
+    let n = pieces.len().saturating_sub(e.parity.len());
+    let (k, m) = (usize::from(e.config.data), usize::from(e.config.parity));
+    let data = (s * k).min(n)..((s + 1) * k).min(n);
+    let parity = (n + s * m).min(pieces.len())..(n + s * m + m).min(pieces.len());
+    let refs = |r: std::ops::Range<usize>| r.map(|i| (i as u32, pieces[i])).collect();
     StripePieces {
-        data: st.data.map(|i| (i as u32, unique[i])).collect(),
-        parity: st.parity.map(|j| ((n + j) as u32, e.parity[j])).collect(),
+        data: refs(data),
+        parity: refs(parity),
     }
 }
 
@@ -101,35 +100,44 @@ fn run_stripe(store: &ChunkStore, sp: &StripePieces) -> Result<Rebuild, String> 
 impl Daemon {
     /// Piece `idx` of `root` is now held: settle its stripe if it can be.
     pub(super) fn check_stripe_of(&mut self, root: Hash, idx: u32) {
-        let Some(m) = self.versions.get(&root).and_then(|v| v.manifest.clone()) else {
+        let Some((m, n)) = self.erasure_of(root) else {
             return;
         };
         let Some(e) = &m.erasure else { return };
-        let unique = m.unique_chunks();
-        let s = stripe_of_piece(e.config, unique.len(), idx as usize);
-        self.check_stripe(root, &m, &unique, s);
+        let s = stripe_of_piece(e.config, n, idx as usize);
+        self.check_stripe(root, &m, s);
     }
 
     /// Checks every stripe of `root` (after a (re)start of its fetch).
     pub(super) fn check_all_stripes(&mut self, root: Hash) {
-        let Some(m) = self.versions.get(&root).and_then(|v| v.manifest.clone()) else {
+        let Some((m, n)) = self.erasure_of(root) else {
             return;
         };
         let Some(e) = &m.erasure else { return };
-        let unique = m.unique_chunks();
-        for s in 0..stripes(e.config, &unique).len() {
-            self.check_stripe(root, &m, &unique, s);
+        for s in 0..n.div_ceil(usize::from(e.config.data.max(1))) {
+            self.check_stripe(root, &m, s);
         }
+    }
+
+    /// The erasure section of `root`'s manifest and its unique chunk count.
+    fn erasure_of(&self, root: Hash) -> Option<(Arc<Manifest>, usize)> {
+        let v = self.versions.get(&root)?;
+        let m = v.manifest.clone()?;
+        let parity = m.erasure.as_ref()?.parity.len();
+        Some((m, v.chunks.len().saturating_sub(parity)))
     }
 
     /// Starts a stripe job if stripe `s` has at least as many held pieces as
     /// data chunks and misses some piece.
-    fn check_stripe(&mut self, root: Hash, m: &Arc<Manifest>, unique: &[ChunkRef], s: usize) {
+    fn check_stripe(&mut self, root: Hash, m: &Manifest, s: usize) {
         let Some(e) = &m.erasure else { return };
         if self.rebuilding.contains(&(root, s)) {
             return;
         }
-        let sp = stripe_pieces(m, e, unique, s);
+        let Some(v) = self.versions.get(&root) else {
+            return;
+        };
+        let sp = stripe_pieces(&v.chunks, e, s);
         let all = sp.data.iter().chain(&sp.parity);
         let held: Vec<u32> = all
             .filter(|(_, c)| self.store.contains(&c.hash))

@@ -126,20 +126,10 @@ impl World {
             self.hosts[ORIGIN as usize].store[g as usize] = self.tokens[g as usize];
         }
         self.hosts[ORIGIN as usize].current = Some(v);
-        let earlier: std::collections::HashSet<u32> = self.versions[..v]
-            .iter()
-            .flat_map(|x| x.chunks.iter().copied())
-            .collect();
-        let fresh = self.versions[v]
-            .chunks
-            .iter()
-            .filter(|g| !earlier.contains(g))
-            .count();
-        let resend = self
-            .sc
-            .swarm
-            .origin_resend_ms
-            .map_or(DEFAULT_RESEND_AFTER, |v| Duration::from_nanos(ms(v)));
+        let earlier: std::collections::HashSet<u32> =
+            self.versions[..v].iter().flat_map(|x| x.chunks.iter().copied()).collect();
+        let fresh = self.versions[v].chunks.iter().filter(|g| !earlier.contains(g)).count();
+        let resend = self.sc.swarm.origin_resend_ms.map_or(DEFAULT_RESEND_AFTER, |v| Duration::from_nanos(ms(v)));
         self.hosts[ORIGIN as usize].gate.spread_anew(fresh, resend);
         for h in 1..=self.sc.nodes {
             if self.reachable(ORIGIN, h) {
@@ -183,8 +173,7 @@ impl World {
         let s = &self.hosts[server as usize];
         let held = s.store[gid as usize];
         let now = self.now();
-        let admitted =
-            held != 0 && self.hosts[server as usize].gate.admit(now, &gid) == Admission::Serve;
+        let admitted = held != 0 && self.hosts[server as usize].gate.admit(now, &gid) == Admission::Serve;
         let s = &self.hosts[server as usize];
         if held != 0 && !admitted {
             self.counters.busy += 1;
