@@ -12,13 +12,15 @@
 //! - CRC32C wire frames ([`encode_frame`], [`decode_frame`], ...);
 //! - the versioned manifest format ([`Manifest`], [`FileEntry`]) with its
 //!   validation rules;
-//! - ed25519-signed version roots ([`SignedRoot`]).
+//! - ed25519-signed version roots ([`SignedRoot`]);
+//! - Reed-Solomon parity over stripes of chunks ([`erasure`]).
 //!
 //! The byte-exact formats are specified in `docs/manifest.md` of the
 //! workspace. [`ed25519_dalek`] is re-exported so that every crate of the
 //! workspace uses the same version.
 
 pub mod chunker;
+pub mod erasure;
 pub mod file;
 pub mod frame;
 pub mod hash;
@@ -29,6 +31,7 @@ pub mod tree;
 
 pub use chunker::{Chunker, ChunkerConfig, ChunkerConfigError, GEAR, chunk_lengths};
 pub use ed25519_dalek;
+pub use erasure::{Erasure, ErasureConfig, ErasureError, Stripe};
 pub use file::{ChunkRef, ChunkedFile, FileChunker};
 pub use frame::{
     FRAME_HEADER_LEN, FrameError, check_frame_crc, decode_frame, encode_frame, frame_header,
@@ -36,8 +39,8 @@ pub use frame::{
 };
 pub use hash::{Hash, ParseHashError, sha256};
 pub use manifest::{
-    FORMAT_VERSION, FileEntry, MAGIC, MAX_CHUNKS, MAX_COMPONENT_LEN, MAX_FILES, MAX_NAME_LEN,
-    MAX_PATH_LEN, Manifest, ManifestError, validate_name, validate_path,
+    FORMAT_VERSION, FORMAT_VERSION_ERASURE, FileEntry, MAGIC, MAX_CHUNKS, MAX_COMPONENT_LEN,
+    MAX_FILES, MAX_NAME_LEN, MAX_PATH_LEN, Manifest, ManifestError, validate_name, validate_path,
 };
 pub use signed::{SIGNED_ROOT_CONTEXT, SignatureError, SignedRoot};
 pub use tree::{

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::{ChunkerConfig, ChunkerConfigError};
+use crate::erasure::{Erasure, ErasureError};
 use crate::file::ChunkRef;
 use crate::hash::Hash;
 use crate::tree::{FILE_LEAF_TAG, VERSION_TAG, merkle_root};
@@ -14,6 +15,9 @@ use crate::tree::{FILE_LEAF_TAG, VERSION_TAG, merkle_root};
 pub const MAGIC: [u8; 4] = *b"SNMF";
 /// Format version written after [`MAGIC`] as `u16` little-endian.
 pub const FORMAT_VERSION: u16 = 1;
+/// Format version of a manifest with an erasure section (parity pieces):
+/// the version 1 body followed by `postcard(Erasure)`.
+pub const FORMAT_VERSION_ERASURE: u16 = 2;
 /// Most files in one manifest.
 pub const MAX_FILES: usize = 1_000_000;
 /// Most chunks, over all files, in one manifest.
@@ -84,6 +88,11 @@ pub struct Manifest {
     pub chunker: ChunkerConfig,
     /// Files sorted strictly by path (byte order).
     pub files: Vec<FileEntry>,
+    /// Reed-Solomon parity over stripes of the unique chunks, if the
+    /// publisher added any. Not part of the version 1 body: encoded after it
+    /// in format version 2 ([`FORMAT_VERSION_ERASURE`]).
+    #[serde(skip)]
+    pub erasure: Option<Erasure>,
 }
 
 /// A manifest that cannot be decoded or breaks a validation rule. Variants
@@ -172,6 +181,9 @@ pub enum ManifestError {
         /// A file under it.
         child: String,
     },
+    /// The erasure section does not fit the chunks.
+    #[error("invalid erasure section: {0}")]
+    Erasure(#[from] ErasureError),
     /// A file's size is not the sum of its chunk lengths.
     #[error("file {path:?}: size {size} but chunks sum to {chunk_sum}")]
     SizeMismatch {
@@ -278,6 +290,9 @@ impl Manifest {
             h.update(name.as_bytes());
         }
         h.update(&self.files_root().0);
+        if let Some(erasure) = &self.erasure {
+            h.update(&erasure.leaf().0);
+        }
         h.finalize().into()
     }
 
@@ -291,12 +306,24 @@ impl Manifest {
         merkle_root(&leaves)
     }
 
-    /// `MAGIC || u16le(FORMAT_VERSION) || postcard(self)`.
+    /// `MAGIC || u16le(FORMAT_VERSION) || postcard(self)`, or with an
+    /// erasure section `MAGIC || u16le(FORMAT_VERSION_ERASURE) ||
+    /// postcard(self) || postcard(erasure)`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.files.len() * 64);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        postcard::to_extend(self, out).expect("postcard encoding into a Vec cannot fail")
+        let version = match self.erasure {
+            None => FORMAT_VERSION,
+            Some(_) => FORMAT_VERSION_ERASURE,
+        };
+        out.extend_from_slice(&version.to_le_bytes());
+        let out = postcard::to_extend(self, out).expect("postcard encoding into a Vec cannot fail");
+        match &self.erasure {
+            None => out,
+            Some(e) => {
+                postcard::to_extend(e, out).expect("postcard encoding into a Vec cannot fail")
+            }
+        }
     }
 
     /// Decodes and [validates](Manifest::validate) an encoded manifest. Checks
@@ -314,22 +341,41 @@ impl Manifest {
             return Err(ManifestError::Decode("truncated format version".into()));
         };
         let version = u16::from_le_bytes([lo, hi]);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_ERASURE {
             return Err(ManifestError::UnsupportedFormatVersion(version));
         }
         crate::scan::prescan(&bytes[6..])?;
-        let (manifest, rest): (Manifest, &[u8]) =
-            postcard::take_from_bytes(&bytes[6..]).map_err(|e| match e {
-                postcard::Error::DeserializeUnexpectedEnd => {
-                    ManifestError::Decode("truncated manifest body".into())
-                }
-                e => ManifestError::Decode(e.to_string()),
-            })?;
+        let decode_err = |e: postcard::Error| match e {
+            postcard::Error::DeserializeUnexpectedEnd => {
+                ManifestError::Decode("truncated manifest body".into())
+            }
+            e => ManifestError::Decode(e.to_string()),
+        };
+        let (mut manifest, mut rest): (Manifest, &[u8]) =
+            postcard::take_from_bytes(&bytes[6..]).map_err(decode_err)?;
+        if version == FORMAT_VERSION_ERASURE {
+            let (erasure, tail): (Erasure, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(decode_err)?;
+            manifest.erasure = Some(erasure);
+            rest = tail;
+        }
         if !rest.is_empty() {
             return Err(ManifestError::TrailingBytes(rest.len()));
         }
         manifest.validate()?;
+        manifest.validate_erasure()?;
         Ok(manifest)
+    }
+
+    /// Checks the erasure section, if any, against the unique chunks (stripe
+    /// shape in range, one parity piece per stripe and parity slot, each as
+    /// long as its stripe's shard). [`Manifest::decode`] runs it after
+    /// [`Manifest::validate`].
+    pub fn validate_erasure(&self) -> Result<(), ManifestError> {
+        match &self.erasure {
+            None => Ok(()),
+            Some(e) => Ok(e.validate(&self.unique_chunks())?),
+        }
     }
 
     /// Checks every rule: channel and version names ([`validate_name`]), the
@@ -410,6 +456,18 @@ impl Manifest {
         self.files.iter().map(|f| f.chunks.len() as u64).sum()
     }
 
+    /// Every piece a node fetches, holds and serves: the unique chunks
+    /// ([`Manifest::unique_chunks`]) followed by the parity pieces of the
+    /// erasure section, if any. `Have` indices and fetch indices refer to
+    /// this list.
+    pub fn pieces(&self) -> Vec<ChunkRef> {
+        let mut pieces = self.unique_chunks();
+        if let Some(e) = &self.erasure {
+            pieces.extend_from_slice(&e.parity);
+        }
+        pieces
+    }
+
     /// Distinct chunks `(hash, len)` in first-seen order (files in list order,
     /// chunks in file order).
     pub fn unique_chunks(&self) -> Vec<ChunkRef> {
@@ -470,6 +528,7 @@ mod tests {
             created_unix: 1_700_000_000,
             chunker: ChunkerConfig::default(),
             files,
+            erasure: None,
         }
     }
 
@@ -647,8 +706,8 @@ mod tests {
             Err(ManifestError::Decode(_))
         ));
         assert_eq!(
-            Manifest::decode(b"SNMF\x02\x00"),
-            Err(ManifestError::UnsupportedFormatVersion(2))
+            Manifest::decode(b"SNMF\x03\x00"),
+            Err(ManifestError::UnsupportedFormatVersion(3))
         );
         let mut long = bytes.clone();
         long.push(0);

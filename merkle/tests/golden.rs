@@ -95,6 +95,7 @@ fn spec_example_vector() {
                 len: 5,
             }],
         }],
+        erasure: None,
     };
     let expected = concat!(
         "534e4d460100",
@@ -142,3 +143,78 @@ fn spec_example_vector() {
     loose.insert(13, 0);
     assert_eq!(Manifest::decode(&loose).unwrap().root(), m.root());
 }
+
+/// Format version 2: the version 1 body of the `hello` manifest above, then
+/// the erasure section (1+1: one stripe of one 5-byte chunk, padded to a
+/// 6-byte shard). The version root appends the erasure leaf.
+#[test]
+fn manifest_erasure_golden() {
+    use merkle::erasure::{ErasureConfig, encode_all};
+    use merkle::{ChunkRef, FileEntry, Manifest, sha256};
+
+    let data = b"hello";
+    let chunk = ChunkRef {
+        hash: Hash::of(data),
+        len: 5,
+    };
+    let mut m = Manifest {
+        channel: "llama".into(),
+        version: "v1".into(),
+        created_unix: 1_700_000_000,
+        chunker: ChunkerConfig::default(),
+        files: vec![FileEntry {
+            path: "a.bin".into(),
+            mode: 0o644,
+            size: 5,
+            sha256: sha256(data),
+            chunks: vec![chunk],
+        }],
+        erasure: None,
+    };
+    let v1 = m.encode();
+    let v1_root = m.root();
+    let cfg = ErasureConfig::new(1, 1).unwrap();
+    let e = encode_all::<()>(cfg, &[chunk], |_| Ok(data.to_vec()), |_, _| Ok(()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.parity.len(), 1);
+    assert_eq!(e.parity[0].len, 6);
+    assert_eq!(e.parity[0].hash.to_hex(), PARITY_HELLO_1_1);
+    m.erasure = Some(e.clone());
+    let mut expected = v1.clone();
+    expected[4] = 2;
+    expected.extend_from_slice(&[0x01, 0x01, 0x01]);
+    expected.extend_from_slice(&e.parity[0].hash.0);
+    expected.push(0x06);
+    assert_eq!(m.encode(), expected);
+    assert_eq!(Manifest::decode(&expected).unwrap(), m);
+    // Erasure leaf and version root, recomputed from the spec.
+    let leaf = {
+        let mut h = blake3::Hasher::new();
+        h.update(&[0x04, 1, 0, 1, 0]);
+        h.update(&e.parity[0].hash.0); // one-leaf tree: the root is the leaf
+        Hash::from(h.finalize())
+    };
+    assert_eq!(e.leaf(), leaf);
+    let mut h = blake3::Hasher::new();
+    h.update(b"\x03\x05\x00\x00\x00llama\x02\x00\x00\x00v1");
+    h.update(&m.files_root().0);
+    h.update(&leaf.0);
+    assert_eq!(m.root(), Hash::from(h.finalize()));
+    assert_ne!(m.root(), v1_root);
+    // A version 1 manifest still decodes, with no erasure section.
+    assert_eq!(Manifest::decode(&v1).unwrap().erasure, None);
+    // Version 2 without the section, or with a wrong parity length, fails.
+    let mut cut = expected.clone();
+    cut.truncate(v1.len());
+    assert!(Manifest::decode(&cut).is_err());
+    let mut bad_len = expected.clone();
+    *bad_len.last_mut().unwrap() = 0x08;
+    assert!(matches!(
+        Manifest::decode(&bad_len),
+        Err(merkle::ManifestError::Erasure(_))
+    ));
+}
+
+/// BLAKE3 of the one parity piece (pins the codec: reed-solomon-simd, GF(2^16)).
+const PARITY_HELLO_1_1: &str = "60e9ea2b1ae460e421cdec8bf2be3d0a2c2bc3bb5a33233c906ad75e1524ace1";

@@ -114,6 +114,7 @@ fn truncated_manifests_say_so() {
                 len: 5,
             }],
         }],
+        erasure: None,
     };
     let bytes = m.encode();
     assert_eq!(Manifest::decode(&bytes), Ok(m));
@@ -143,6 +144,7 @@ fn manifest_with(paths: &[&str]) -> Manifest {
                 chunks: vec![],
             })
             .collect(),
+        erasure: None,
     }
 }
 

@@ -207,6 +207,7 @@ fn manifest_strategy() -> impl Strategy<Value = Manifest> {
                     created_unix,
                     chunker: tiny_config(),
                     files,
+                    erasure: None,
                 };
                 // Path generation can produce "a" and "a/b"; keep only valid ones.
                 m.validate().is_ok().then_some(m)

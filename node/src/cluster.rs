@@ -244,6 +244,21 @@ impl Cluster {
         bootstrap: &[String],
         extra: &[&str],
     ) -> anyhow::Result<Proc> {
+        self.seed_env(name, src, channel, version, bootstrap, extra, &[])
+    }
+
+    /// [`Cluster::seed`] with extra environment variables (fault switches).
+    #[allow(clippy::too_many_arguments)]
+    pub fn seed_env(
+        &self,
+        name: &str,
+        src: &Path,
+        channel: &str,
+        version: &str,
+        bootstrap: &[String],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let data_dir = self.root.join(name);
         let mut args: Vec<String> = vec![
             "seed".into(),
@@ -266,7 +281,7 @@ impl Cluster {
             args.push(b.clone());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        self.spawn(name, &args, &[])
+        self.spawn(name, &args, env)
     }
 
     /// Writes a node config and starts `syncnode run`.

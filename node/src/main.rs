@@ -166,6 +166,10 @@ enum Cmd {
         /// Exit once this many peers report the version complete.
         #[arg(long)]
         until_complete: Option<usize>,
+        /// Add Reed-Solomon parity: K data chunks + M parity pieces per
+        /// stripe (e.g. 8+2); any K pieces of a stripe rebuild it.
+        #[arg(long, value_name = "K+M", value_parser = parse_erasure)]
+        erasure: Option<merkle::ErasureConfig>,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -330,6 +334,7 @@ fn main() -> anyhow::Result<()> {
             version,
             key,
             until_complete,
+            erasure,
             net,
         } => {
             let mut cfg = load_config(&net)?;
@@ -340,7 +345,13 @@ fn main() -> anyhow::Result<()> {
             let cfg = cfg.validate(false)?;
             let key = node::cluster::read_key(&key)?;
             let version = version.unwrap_or_else(default_version);
-            seed(cfg, &dir, &channel, &version, key, until_complete)
+            let spec = PublishSpec {
+                dir: &dir,
+                channel: &channel,
+                version: &version,
+                erasure,
+            };
+            seed(cfg, spec, key, until_complete)
         }
         Cmd::Status { sock, json } => {
             let path = sock.path()?;
@@ -414,18 +425,46 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+fn parse_erasure(s: &str) -> Result<merkle::ErasureConfig, String> {
+    merkle::ErasureConfig::parse(s).map_err(|e| e.to_string())
+}
+
+/// What `syncnode seed` publishes.
+struct PublishSpec<'a> {
+    dir: &'a std::path::Path,
+    channel: &'a str,
+    version: &'a str,
+    erasure: Option<merkle::ErasureConfig>,
+}
+
 fn seed(
     cfg: Validated,
-    dir: &std::path::Path,
-    channel: &str,
-    version: &str,
+    spec: PublishSpec<'_>,
     key: merkle::ed25519_dalek::SigningKey,
     until_complete: Option<usize>,
 ) -> anyhow::Result<()> {
+    let PublishSpec {
+        dir,
+        channel,
+        version,
+        erasure,
+    } = spec;
     let started = std::time::Instant::now();
     let created = node::daemon::unix_now();
-    let (manifest, source) = node::publish::scan(dir, channel, version, created, cfg.raw.chunker)
-        .with_context(|| format!("cannot publish {}", dir.display()))?;
+    let (mut manifest, mut source) =
+        node::publish::scan(dir, channel, version, created, cfg.raw.chunker)
+            .with_context(|| format!("cannot publish {}", dir.display()))?;
+    if let Some(ec) = erasure {
+        let path = cfg
+            .raw
+            .data_dir
+            .join(".syncnode/parity")
+            .join(format!("{channel}-{version}.bin"));
+        node::publish::add_parity(&mut manifest, &mut source, ec, &path)
+            .with_context(|| format!("cannot add parity {}+{}", ec.data, ec.parity))?;
+        let parity = manifest.erasure.as_ref().map_or(0, |e| e.parity.len());
+        tracing::info!(data = ec.data, parity = ec.parity, pieces = parity, path = %path.display(), "parity computed");
+    }
     let root = manifest.root();
     let signed = merkle::SignedRoot::sign(&key, channel, version, root, created);
     tracing::info!(

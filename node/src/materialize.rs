@@ -392,6 +392,7 @@ mod tests {
             created_unix: 1,
             chunker: cfg,
             files: entries,
+            erasure: None,
         }
     }
 

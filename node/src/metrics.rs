@@ -25,6 +25,8 @@ pub struct Metrics {
     pub chunks_verified: AtomicU64,
     /// Chunks that failed verification (corrupt or wrong data from a peer).
     pub chunks_rejected: AtomicU64,
+    /// Data chunks rebuilt from Reed-Solomon parity (and checked against their leaves).
+    pub chunks_rebuilt: AtomicU64,
     /// Chunk requests answered.
     pub chunks_served: AtomicU64,
     /// Versions fully materialized (or published, on a seed).
@@ -59,7 +61,7 @@ impl Metrics {
 
     /// Renders the Prometheus text exposition.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 17] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 18] = [
             (
                 "syncnode_links_cut_total",
                 "counter",
@@ -95,6 +97,12 @@ impl Metrics {
                 "counter",
                 "Chunks that passed BLAKE3 verification.",
                 &self.chunks_verified,
+            ),
+            (
+                "syncnode_chunks_rebuilt_total",
+                "counter",
+                "Data chunks rebuilt from Reed-Solomon parity.",
+                &self.chunks_rebuilt,
             ),
             (
                 "syncnode_chunks_rejected_total",

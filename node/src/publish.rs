@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use merkle::{ChunkerConfig, FileChunker, FileEntry, Hash, Manifest};
+use merkle::{ChunkerConfig, ErasureConfig, FileChunker, FileEntry, Hash, Manifest};
 
 /// Errors while reading a source folder.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,9 @@ pub enum PublishError {
     /// The manifest failed validation.
     #[error("invalid manifest: {0}")]
     Manifest(#[from] merkle::ManifestError),
+    /// Parity could not be computed.
+    #[error("cannot compute parity: {0}")]
+    Erasure(#[from] merkle::ErasureError),
 }
 
 /// Where each chunk of a published version lives in the source files.
@@ -40,21 +43,28 @@ pub enum PublishError {
 pub struct SourceIndex {
     files: Vec<PathBuf>,
     chunks: HashMap<Hash, (usize, u64, u32)>,
+    /// Parity pieces (see [`add_parity`]): offset and length in `parity_file`.
+    parity: HashMap<Hash, (u64, u32)>,
+    parity_file: Option<PathBuf>,
 }
 
 impl SourceIndex {
     /// Whether the chunk is in the source.
     pub fn contains(&self, hash: &Hash) -> bool {
-        self.chunks.contains_key(hash)
+        self.chunks.contains_key(hash) || self.parity.contains_key(hash)
     }
 
     /// Reads a chunk from its source file and re-verifies it (the file may have
     /// changed since it was scanned). `Ok(None)` if not part of the source.
     pub fn read(&self, hash: &Hash) -> Result<Option<Vec<u8>>, PublishError> {
-        let Some(&(file, offset, len)) = self.chunks.get(hash) else {
-            return Ok(None);
+        let (path, offset, len) = match (self.chunks.get(hash), self.parity.get(hash)) {
+            (Some(&(file, offset, len)), _) => (&self.files[file], offset, len),
+            (None, Some(&(offset, len))) => match &self.parity_file {
+                Some(p) => (p, offset, len),
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
         };
-        let path = &self.files[file];
         let mut buf = vec![0u8; len as usize];
         fs::File::open(path)
             .and_then(|f| f.read_exact_at(&mut buf, offset))
@@ -73,6 +83,55 @@ impl SourceIndex {
         }
         Ok(Some(buf))
     }
+}
+
+/// Computes Reed-Solomon parity for `manifest` (stripes of `config.data`
+/// unique chunks, `config.parity` pieces each), writes the pieces to
+/// `parity_path` (created or truncated, fsynced) so they are served like
+/// chunks, and adds the erasure section to the manifest (which changes its
+/// root). Reads one stripe of chunks at a time.
+pub fn add_parity(
+    manifest: &mut Manifest,
+    index: &mut SourceIndex,
+    config: ErasureConfig,
+    parity_path: &Path,
+) -> Result<(), PublishError> {
+    use std::io::Write;
+    let io = |source| PublishError::Io {
+        path: parity_path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = parity_path.parent() {
+        fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut out = std::io::BufWriter::new(fs::File::create(parity_path).map_err(io)?);
+    let unique = manifest.unique_chunks();
+    let mut offsets = Vec::new();
+    let mut offset = 0u64;
+    let read = |i: usize| {
+        index
+            .read(&unique[i].hash)?
+            .ok_or_else(|| PublishError::BadPath {
+                path: parity_path.to_path_buf(),
+                reason: format!("chunk {} vanished from the source index", unique[i].hash),
+            })
+    };
+    let sink = |_: usize, piece: &[u8]| {
+        out.write_all(piece).map_err(io)?;
+        offsets.push(offset);
+        offset += piece.len() as u64;
+        Ok(())
+    };
+    let erasure = merkle::erasure::encode_all(config, &unique, read, sink)??;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    for (p, off) in erasure.parity.iter().zip(offsets) {
+        index.parity.entry(p.hash).or_insert((off, p.len));
+    }
+    index.parity_file = Some(parity_path.to_path_buf());
+    manifest.erasure = Some(erasure);
+    manifest.validate_erasure()?;
+    Ok(())
 }
 
 /// Lists the regular files under `root` (following symlinks to files), sorted by relative path.
@@ -282,6 +341,7 @@ pub fn scan(
         created_unix,
         chunker: cfg,
         files: entries,
+        erasure: None,
     };
     manifest.validate()?;
     Ok((manifest, index))
@@ -317,6 +377,54 @@ mod tests {
         // Editing the source in place is detected when serving.
         fs::write(dir.path().join("sub/model.bin"), vec![0u8; 300_000]).unwrap();
         assert!(idx.read(&first.hash).is_err());
+    }
+
+    #[test]
+    fn add_parity_serves_pieces_that_rebuild_lost_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..700_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        fs::write(dir.path().join("a.bin"), &big).unwrap();
+        let cfg = ChunkerConfig {
+            min_size: 16 << 10,
+            avg_size: 32 << 10,
+            max_size: 64 << 10,
+        };
+        let (mut m, mut idx) = scan(dir.path(), "c", "v1", 0, cfg).unwrap();
+        let root_before = m.root();
+        let ec = ErasureConfig::new(4, 2).unwrap();
+        let parity_path = dir.path().join("state/parity.bin");
+        add_parity(&mut m, &mut idx, ec, &parity_path).unwrap();
+        assert_ne!(m.root(), root_before, "parity is committed under the root");
+        let unique = m.unique_chunks();
+        let e = m.erasure.clone().unwrap();
+        assert_eq!(e.parity.len(), unique.len().div_ceil(4) * 2);
+        let decoded = Manifest::decode(&m.encode()).unwrap();
+        assert_eq!(decoded, m);
+        // Lose the first two data chunks of stripe 0; rebuild from the rest.
+        let stripe = &merkle::erasure::stripes(ec, &unique)[0];
+        let data: Vec<Vec<u8>> = unique[stripe.data.clone()]
+            .iter()
+            .map(|c| idx.read(&c.hash).unwrap().unwrap())
+            .collect();
+        let parity: Vec<Vec<u8>> = e.parity[stripe.parity.clone()]
+            .iter()
+            .map(|p| idx.read(&p.hash).unwrap().unwrap())
+            .collect();
+        let held_data = [None, None, Some(&data[2][..]), Some(&data[3][..])];
+        let held_parity = [Some(&parity[0][..]), Some(&parity[1][..])];
+        let rebuilt = merkle::erasure::rebuild_stripe(
+            &unique[stripe.data.clone()],
+            &e.parity[stripe.parity.clone()],
+            &held_data,
+            &held_parity,
+        )
+        .unwrap();
+        assert_eq!(rebuilt, data);
+        // A damaged parity file is caught when serving.
+        let mut bytes = fs::read(&parity_path).unwrap();
+        bytes[0] ^= 1;
+        fs::write(&parity_path, bytes).unwrap();
+        assert!(idx.read(&e.parity[0].hash).is_err());
     }
 
     /// Rewriting a quarter of a safetensors file's tensors moves only those

@@ -88,6 +88,9 @@ pub fn distance(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> u
 impl Daemon {
     /// Pushes new availability to every connected peer.
     pub(super) fn flush_have(&mut self) {
+        if self.partial_origin() {
+            return;
+        }
         let now = Instant::now();
         let connected = self.live_peers();
         let mut out = Vec::new();

@@ -37,6 +37,7 @@ use crate::wire::{self, Gossip, Hello, HelloReply, PeerRecord, Request, Response
 mod availability;
 mod serving;
 mod sessions;
+mod stripes;
 mod versions;
 
 /// What `syncnode seed` adds to the daemon.
@@ -131,7 +132,10 @@ struct PeerInfo {
 /// `notfound-serve` answers `NotFound` for every chunk it holds (while still
 /// announcing them: a lying `Have`);
 /// `serve-delay-ms=N` delays every chunk it serves by N ms;
-/// `materialize-delay-ms=N` sleeps N ms before each file it materializes.
+/// `materialize-delay-ms=N` sleeps N ms before each file it materializes;
+/// `withhold-data=K:N` (publisher) answers `NotFound` for unique chunk `i`
+/// when `i % K >= K - N` (the last N data chunks of every K);
+/// `serve-once` (publisher) serves each piece at most once, then `NotFound`.
 /// Logged loudly at start.
 #[derive(Debug, Default, Clone, Copy)]
 struct Faults {
@@ -139,6 +143,8 @@ struct Faults {
     notfound_serve: bool,
     serve_delay: Option<Duration>,
     materialize_delay: Option<Duration>,
+    withhold_data: Option<(u32, u32)>,
+    serve_once: bool,
 }
 
 impl Faults {
@@ -150,6 +156,14 @@ impl Faults {
                 f.corrupt_serve = true;
             } else if part == "notfound-serve" {
                 f.notfound_serve = true;
+            } else if part == "serve-once" {
+                f.serve_once = true;
+            } else if let Some((k, n)) = part
+                .strip_prefix("withhold-data=")
+                .and_then(|v| v.split_once(':'))
+                .and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)))
+            {
+                f.withhold_data = Some((k, n));
             } else if let Some(ms) = part
                 .strip_prefix("serve-delay-ms=")
                 .and_then(|v| v.parse().ok())
@@ -168,6 +182,8 @@ impl Faults {
             || f.notfound_serve
             || f.serve_delay.is_some()
             || f.materialize_delay.is_some()
+            || f.withhold_data.is_some()
+            || f.serve_once
         {
             tracing::warn!(
                 ?f,
@@ -208,6 +224,12 @@ pub struct Daemon {
     mat_rx: mpsc::Receiver<(Hash, Result<PathBuf, String>)>,
     status_rx: mpsc::Receiver<control::StatusRequest>,
     faults: Faults,
+    /// Pieces a publisher refuses (`withhold-data`) or already served once (`serve-once`).
+    fault_refused: HashSet<Hash>,
+    /// Stripes with a rebuild job in flight (see `stripes.rs`).
+    rebuilding: HashSet<(Hash, usize)>,
+    rebuilt_tx: mpsc::Sender<stripes::Rebuilt>,
+    rebuilt_rx: mpsc::Receiver<stripes::Rebuilt>,
     last_announce: Option<Instant>,
     backoff: HashMap<Multiaddr, (Instant, Duration)>,
     rng_seed: u64,
@@ -294,6 +316,7 @@ impl Daemon {
         let (stored_tx, stored_rx) = mpsc::channel(1024);
         let (served_tx, served_rx) = mpsc::channel(1024);
         let (mat_tx, mat_rx) = mpsc::channel(16);
+        let (rebuilt_tx, rebuilt_rx) = mpsc::channel(64);
         let faults = Faults::from_env();
         let mut gate = UploadGate::new(cfg.raw.max_uploads);
         if let Some(sp) = &seed {
@@ -325,6 +348,10 @@ impl Daemon {
             mat_rx,
             status_rx,
             faults,
+            fault_refused: HashSet::new(),
+            rebuilding: HashSet::new(),
+            rebuilt_tx,
+            rebuilt_rx,
             last_announce: None,
             backoff: HashMap::new(),
             rng_seed: rand::random(),
@@ -364,8 +391,17 @@ impl Daemon {
         let seed = self.seed.as_ref().expect("seed mode");
         let m = seed.manifest.clone();
         let root = seed.signed.root;
-        let chunks = m.unique_chunks();
+        let chunks = m.pieces();
         let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+        if let Some((k, n)) = self.faults.withhold_data {
+            let unique = m.unique_chunks();
+            let k = k.max(1) as usize;
+            let withheld = unique
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % k + n as usize >= k);
+            self.fault_refused.extend(withheld.map(|(_, c)| c.hash));
+        }
         self.latest.insert(m.channel.clone(), root);
         self.versions.insert(
             root,
@@ -488,6 +524,7 @@ impl Daemon {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 Some(s) = self.stored_rx.recv() => self.on_stored(s),
+                Some(r) = self.rebuilt_rx.recv() => self.on_rebuilt(r),
                 Some((ch, resp)) = self.served_rx.recv() => {
                     let _ = self.swarm.behaviour_mut().rr.send_response(ch, resp);
                 }

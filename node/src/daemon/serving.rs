@@ -187,6 +187,14 @@ impl Daemon {
                         .send_response(channel, Response::Busy);
                     return;
                 }
+                if self.fault_refuses(hash) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .rr
+                        .send_response(channel, Response::NotFound);
+                    return;
+                }
                 self.uploads.insert(request_id);
                 let store = self.store.clone();
                 let source = self.seed.as_ref().map(|s| s.source.clone());
@@ -227,6 +235,25 @@ impl Daemon {
         }
     }
 
+    /// A publisher under `withhold-data` or `serve-once` will not serve every
+    /// piece, so it announces none (no `Have`, no completion in `Hello`):
+    /// nodes still ask it as an origin, and its `NotFound`s are not lies.
+    pub(super) fn partial_origin(&self) -> bool {
+        self.seed.is_some() && (self.faults.withhold_data.is_some() || self.faults.serve_once)
+    }
+
+    /// Fault switches `withhold-data` and `serve-once`: whether to refuse
+    /// `hash` (and, for `serve-once`, remember it as served from now on).
+    fn fault_refuses(&mut self, hash: Hash) -> bool {
+        if self.fault_refused.contains(&hash) {
+            return true;
+        }
+        if self.faults.serve_once {
+            self.fault_refused.insert(hash);
+        }
+        false
+    }
+
     /// Something arrived from `peer`: its link is alive.
     fn heard(&mut self, peer: PeerId) -> &mut Self {
         self.session_input(peer, swarm::SessionInput::BytesReceived);
@@ -259,7 +286,7 @@ impl Daemon {
         let complete = self
             .versions
             .iter()
-            .filter(|(_, v)| matches!(v.state, VState::Complete))
+            .filter(|(_, v)| matches!(v.state, VState::Complete) && !self.partial_origin())
             .map(|(r, _)| *r)
             .take(wire::MAX_COMPLETE)
             .collect();

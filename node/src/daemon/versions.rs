@@ -239,7 +239,7 @@ impl Daemon {
         let Some(v) = self.versions.get_mut(&root) else {
             return;
         };
-        let chunks = m.unique_chunks();
+        let chunks = m.pieces();
         let have: Vec<ChunkIdx> = chunks
             .iter()
             .enumerate()
@@ -305,6 +305,7 @@ impl Daemon {
         v.fetch = Some(fetch);
         v.state = VState::Fetching;
         v.error = None;
+        self.check_all_stripes(root);
         self.prime_fetch(root);
     }
 
@@ -488,6 +489,7 @@ impl Daemon {
                         chunk: s.idx,
                     },
                 );
+                self.check_stripe_of(s.root, s.idx.0);
             }
             Err(StoreError::HashMismatch { expected, actual }) => {
                 Metrics::add(&self.metrics.chunks_rejected, 1);
