@@ -179,6 +179,14 @@ impl Daemon {
                 let _ = self.swarm.behaviour_mut().rr.send_response(channel, resp);
             }
             Request::GetChunk { hash } => {
+                if self.fault_refused.contains(&hash) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .rr
+                        .send_response(channel, Response::NotFound);
+                    return;
+                }
                 if self.gate.admit(Instant::now(), &hash) == Admission::Busy {
                     let _ = self
                         .swarm
@@ -187,15 +195,12 @@ impl Daemon {
                         .send_response(channel, Response::Busy);
                     return;
                 }
-                if self.fault_refuses(hash) {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .rr
-                        .send_response(channel, Response::NotFound);
-                    return;
-                }
+                // Admitted: `gate.finished()` runs when this id's response is
+                // sent or fails (`on_rr`), so nothing may return before this.
                 self.uploads.insert(request_id);
+                if self.faults.serve_once {
+                    self.fault_refused.insert(hash);
+                }
                 let store = self.store.clone();
                 let source = self.seed.as_ref().map(|s| s.source.clone());
                 let tx = self.served_tx.clone();
@@ -240,18 +245,6 @@ impl Daemon {
     /// nodes still ask it as an origin, and its `NotFound`s are not lies.
     pub(super) fn partial_origin(&self) -> bool {
         self.seed.is_some() && (self.faults.withhold_data.is_some() || self.faults.serve_once)
-    }
-
-    /// Fault switches `withhold-data` and `serve-once`: whether to refuse
-    /// `hash` (and, for `serve-once`, remember it as served from now on).
-    fn fault_refuses(&mut self, hash: Hash) -> bool {
-        if self.fault_refused.contains(&hash) {
-            return true;
-        }
-        if self.faults.serve_once {
-            self.fault_refused.insert(hash);
-        }
-        false
     }
 
     /// Something arrived from `peer`: its link is alive.
