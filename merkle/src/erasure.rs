@@ -32,6 +32,7 @@ pub const ERASURE_TAG: u8 = 0x04;
 
 /// Stripe shape: `data` chunks protected by `parity` pieces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ErasureConfig {
     /// Data chunks per stripe (k), `1..=MAX_DATA`.
     pub data: u16,

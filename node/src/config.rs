@@ -108,6 +108,10 @@ pub struct NodeConfig {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Chunker parameters used by `seed` (min/avg/max bytes).
     pub chunker: ChunkerConfig,
+    /// Reed-Solomon parity a publisher adds (`seed`): `{data: K, parity: M}`
+    /// = M parity pieces per stripe of K data chunks; `--erasure K+M`
+    /// overrides it. Default none. Ignored by `run`.
+    pub erasure: Option<merkle::ErasureConfig>,
     /// libp2p peer ids allowed to connect to or from this node; empty (the
     /// default) allows any peer. Print a node's id with `syncnode peer-id`.
     pub allowed_peers: Vec<String>,
@@ -208,6 +212,7 @@ impl Default for NodeConfig {
             fsync: true,
             labels: Default::default(),
             chunker: ChunkerConfig::default(),
+            erasure: None,
             bandwidth_limit_mbps: BandwidthLimit::default(),
             bandwidth_mode: crate::ratelimit::Mode::Fixed,
             allowed_peers: Vec::new(),
@@ -350,6 +355,14 @@ impl NodeConfig {
             .clone()
             .unwrap_or_else(|| self.data_dir.join(".syncnode").join("control.sock"));
         let limits = parse_limits(&self.bandwidth_limit_mbps)?;
+        if let Some(e) = &self.erasure {
+            e.validate().map_err(|why| {
+                value_err(
+                    "erasure",
+                    format!("{why} (e.g. `erasure: {{data: 8, parity: 2}}`)"),
+                )
+            })?;
+        }
         let allowed_peers = parse_peer_ids("allowed_peers", &self.allowed_peers)?;
         let psk = match &self.private_network_key_file {
             None => None,
@@ -544,6 +557,16 @@ mod tests {
             (
                 &format!("trusted_publishers: [{KEY}]\nbandwidth_mode: turbo\n"),
                 "bandwidth_mode",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\nerasure: {{data: 0, parity: 2}}\n"),
+                "erasure",
+            ),
+            (
+                &format!(
+                    "trusted_publishers: [{KEY}]\nerasure: {{data: 4, parity: 2, spare: 1}}\n"
+                ),
+                "spare",
             ),
         ];
         for (text, key) in cases {

@@ -167,7 +167,8 @@ enum Cmd {
         #[arg(long)]
         until_complete: Option<usize>,
         /// Add Reed-Solomon parity: K data chunks + M parity pieces per
-        /// stripe (e.g. 8+2); any K pieces of a stripe rebuild it.
+        /// stripe (e.g. 8+2); any K pieces of a stripe rebuild it
+        /// (overrides the config's `erasure: {data: K, parity: M}`).
         #[arg(long, value_name = "K+M", value_parser = parse_erasure)]
         erasure: Option<merkle::ErasureConfig>,
         #[command(flatten)]
@@ -349,7 +350,7 @@ fn main() -> anyhow::Result<()> {
                 dir: &dir,
                 channel: &channel,
                 version: &version,
-                erasure,
+                erasure: erasure.or(cfg.raw.erasure),
             };
             seed(cfg, spec, key, until_complete)
         }

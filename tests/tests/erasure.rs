@@ -232,3 +232,43 @@ fn bad_erasure_flag_is_refused_naming_the_flag_and_the_rule() {
         assert!(out.stderr.contains(rule), "{spec}: {}", out.stderr);
     }
 }
+
+/// `erasure: {data: K, parity: M}` in the seed's config file adds parity as
+/// the flag does; a bad value is refused naming the key, before anything is
+/// published.
+#[test]
+fn erasure_from_the_config_file() {
+    let (c, _tmp) = cluster();
+    let src = c.root.join("src");
+    checkpoint::write_v1(&src, 1 << 20, 1).unwrap();
+    let seed = |erasure: &str| {
+        let cfg = c.root.join("seed.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir: {}\nlisten: [\"/ip4/127.0.0.1/tcp/0\"]\nmetrics_listen: null\nerasure: {erasure}\n",
+                c.root.join("seed-data").display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(syncnode_tests::syncnode_bin());
+        cmd.args(["--log-format", "json", "seed"])
+            .arg(&src)
+            .args(["--channel", CH, "--until-complete", "0", "--key"])
+            .arg(&c.key_file)
+            .arg("--config")
+            .arg(&cfg);
+        common::run_bounded(&mut cmd, Duration::from_secs(60))
+    };
+    let bad = seed("{data: 0, parity: 2}");
+    assert!(!bad.status.success(), "{bad:?}");
+    assert!(bad.stderr.contains("`erasure`"), "{}", bad.stderr);
+    let good = seed("{data: 4, parity: 2}");
+    let all = format!("{}{}", good.stdout, good.stderr);
+    assert!(
+        all.contains("parity computed")
+            && all.contains("\"data\":4")
+            && all.contains("\"parity\":2"),
+        "no parity from the config file: {all}"
+    );
+}
