@@ -200,8 +200,10 @@ def run(argv, timeout=60, check=True, ns=None, **kw):
 # --------------------------------------------------------------------------
 
 class Net:
-    def __init__(self, tag, hosts, rate_mbit, subnet_octet):
+    def __init__(self, tag, hosts, rate_mbit, subnet_octet, sysctls=(), queue_ms=50):
         self.tag = tag
+        self.queue_ms = queue_ms
+        self.sysctls = list(sysctls)
         self.n = hosts
         self.rate_mbit = rate_mbit
         self.sw = f"fo{tag}sw"
@@ -209,11 +211,12 @@ class Net:
         self.ips = [f"10.231.{subnet_octet}.{i + 1}" for i in range(hosts)]
 
     def setup(self):
-        # TBF burst: at least rate/HZ worth, a few jumbo GSO packets; 50 ms queue.
+        # TBF burst: at least rate/HZ worth, a few jumbo GSO packets; a queue of
+        # `--queue-ms` (default 50 ms, a deep-buffered link).
         rate_bytes = self.rate_mbit * 1e6 / 8
         burst = max(64 * 1024, int(rate_bytes / 100))
         tbf = ["root", "tbf", "rate", f"{self.rate_mbit}mbit", "burst", str(burst),
-               "latency", "50ms"]
+               "latency", f"{self.queue_ms}ms"]
         REG.namespaces.append(self.sw)
         run(["ip", "netns", "add", self.sw])
         run(["ip", "-n", self.sw, "link", "set", "lo", "up"])
@@ -230,6 +233,8 @@ class Net:
             run(["ip", "-n", self.sw, "link", "set", f"p{i}", "up"])
             run(["ip", "-n", ns, "addr", "add", f"{self.ips[i]}/24", "dev", "eth0"])
             run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+            for kv in self.sysctls:  # per-namespace network sysctls (--sysctl)
+                run(["sysctl", "-q", "-w", kv], ns=ns)
             # upload: egress of the host side; download: egress of the switch side
             run(["tc", "-n", ns, "qdisc", "add", "dev", "eth0"] + tbf)
             run(["tc", "-n", self.sw, "qdisc", "add", "dev", f"p{i}"] + tbf)
@@ -575,6 +580,10 @@ class Bench:
                 return c.get("current"), c.get("latest")
         return None, None
 
+    def sn_extra_yaml(self):
+        """`--sn-extra` config lines ("key: value; key: value") for every daemon."""
+        return "".join(kv.strip() + "\n" for kv in (self.a.sn_extra or "").split(";") if kv.strip())
+
     def sn_start_seed(self, name, src, version, port, bootstrap=(), started=None):
         d = os.path.join(self.work, "sn", name)
         os.makedirs(d, exist_ok=True)
@@ -583,6 +592,11 @@ class Bench:
                 "--listen", f"/ip4/{self.net.ips[0]}/tcp/{port}", "--metrics-listen", "none"]
         for b in bootstrap:
             argv += ["--bootstrap", b]
+        if self.a.sn_extra:
+            cfg = os.path.join(self.work, "sn", f"{name}.yaml")
+            with open(cfg, "w") as f:
+                f.write(self.sn_extra_yaml())
+            argv += ["--config", cfg]
         p = Proc(name, argv, ns=self.net.hosts[0], logfile=os.path.join(self.work, f"sn-{name}.log"))
         if started is not None:
             started.append(p)
@@ -671,7 +685,7 @@ class Bench:
                         f'bootstrap: [{", ".join(json.dumps(b) for b in boots)}]\n'
                         f'channels: ["{CHANNEL}"]\n'
                         f'trusted_publishers: ["{pub[-1]}"]\n'
-                        f'metrics_listen: null\n')
+                        f'metrics_listen: null\n' + self.sn_extra_yaml())
             dirs.append(d)
             cfgs.append(cfg)
         tx0 = net.origin_tx()
@@ -980,6 +994,14 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 4 hosts, 100 Mbit/s, 32 MiB (explicit flags still win)")
     ap.add_argument("--syncnode", default=os.path.join(REPO, "target", "release", "syncnode"))
+    ap.add_argument("--sn-extra", default=None, metavar="'KEY: VALUE; ...'",
+                    help="extra config keys for every syncnode daemon (publisher and nodes), "
+                         "e.g. 'bandwidth_mode: adaptive; max_downloads: 4'")
+    ap.add_argument("--queue-ms", type=float, default=50,
+                    help="TBF queue (the `latency` parameter) of every shaped link, ms (default 50)")
+    ap.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
+                    help="network sysctl set inside every host namespace, for every tool "
+                         "(repeatable), e.g. net.ipv4.tcp_slow_start_after_idle=0")
     ap.add_argument("--rqbit", default=None, help="rqbit binary (default: PATH or ~/.cargo/bin)")
     ap.add_argument("--workdir", default=None, help="parent of the scratch folder (default /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
@@ -1029,7 +1051,7 @@ def main():
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, _on_signal)
 
-    net = Net(tag, a.hosts, a.rate_mbit, subnet)
+    net = Net(tag, a.hosts, a.rate_mbit, subnet, a.sysctl, a.queue_ms)
     bench = Bench(a, net, work)
     bench.deltas = []
     rc = 0
