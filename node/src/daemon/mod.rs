@@ -93,6 +93,8 @@ struct Version {
     error: Option<String>,
     /// Availability bookkeeping (see `availability.rs`).
     have: availability::VersionHave,
+    /// The staging folder filled while fetching (`materialize::Stager`).
+    stager: Option<Arc<materialize::Stager>>,
 }
 
 enum Pending {
@@ -419,6 +421,7 @@ impl Daemon {
                 complete_peers: HashSet::new(),
                 error: None,
                 have: Default::default(),
+                stager: None,
             },
         );
         Metrics::add(&self.metrics.versions_complete, 1);

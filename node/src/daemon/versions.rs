@@ -150,6 +150,7 @@ impl Daemon {
                 complete_peers: HashSet::new(),
                 error: None,
                 have: Default::default(),
+                stager: None,
             },
         );
     }
@@ -287,6 +288,15 @@ impl Daemon {
         for peer in banned {
             fetch.handle(now, Input::PeerBanned { peer });
         }
+        // Stage the version's files while its chunks arrive (see
+        // `materialize::Stager`); without a stager it is built at the end.
+        if v.stager.is_none() && !materialize::is_materialized(&self.cfg.raw.data_dir, &m, &root) {
+            match materialize::Stager::create(&self.cfg.raw.data_dir, &m) {
+                Ok(st) => v.stager = st.map(Arc::new),
+                Err(e) => tracing::warn!(version = %m.version, error = %e,
+                    "cannot stage the version's files while fetching; they will be written at the end"),
+            }
+        }
         tracing::info!(
             version = %m.version,
             chunks = chunks.len(),
@@ -378,9 +388,18 @@ impl Daemon {
         let fsync = self.cfg.raw.fsync;
         let tx = self.mat_tx.clone();
         let pause = self.faults.materialize_delay.unwrap_or_default();
+        let stager = v.stager.take();
         tokio::task::spawn_blocking(move || {
-            let r = materialize::materialize_paced(&data_dir, &m, &root, &store, fsync, pause)
-                .map_err(|e| e.to_string());
+            let r = materialize::materialize_staged(
+                &data_dir,
+                &m,
+                &root,
+                &store,
+                fsync,
+                pause,
+                stager.as_deref(),
+            )
+            .map_err(|e| e.to_string());
             let _ = tx.blocking_send((root, r));
         });
     }
@@ -440,6 +459,7 @@ impl Daemon {
             Response::Chunk(data) => {
                 let tx = self.stored_tx.clone();
                 let store = self.store.clone();
+                let stager = self.versions.get(&root).and_then(|v| v.stager.clone());
                 tokio::task::spawn_blocking(move || {
                     let result = if data.len() != len as usize {
                         Err(StoreError::HashMismatch {
@@ -449,6 +469,13 @@ impl Daemon {
                     } else {
                         store.put(&hash, &data)
                     };
+                    // Verified and stored: into the version's files too.
+                    if let (Ok(_), Some(st)) = (&result, &stager)
+                        && let Err(e) = st.write_chunk(&hash, &data)
+                    {
+                        tracing::warn!(chunk = %hash, error = %e,
+                            "cannot stage chunk; it is written from the store at the end");
+                    }
                     let _ = tx.blocking_send(Stored {
                         root,
                         idx,
@@ -512,6 +539,9 @@ impl Daemon {
                     v.state = VState::Failed {
                         retry_at: Instant::now() + Duration::from_secs(10),
                     };
+                    // Its staged files go too (they take space on a full
+                    // disk); the retry stages anew.
+                    v.stager = None;
                 }
             }
         }
