@@ -20,6 +20,7 @@
 //! - [`control`], [`metrics`]: local control socket, `/metrics` and `/healthz`;
 //! - [`ratelimit`]: bandwidth limits (token buckets on every TCP stream) and
 //!   the adaptive upload mode;
+//! - [`packet_tier`]: the simulator's packet tier (the daemon on turmoil hosts);
 //! - [`cluster`], [`checkpoint`]: process orchestration and generated
 //!   checkpoints, shared by `syncnode demo` and the integration tests.
 
@@ -30,6 +31,7 @@ pub mod control;
 pub mod daemon;
 pub mod materialize;
 pub mod metrics;
+pub mod packet_tier;
 pub mod publish;
 pub mod ratelimit;
 pub mod security;

@@ -1,4 +1,5 @@
-//! `syncnode sim`: runs a scenario in the flow-level simulator (crate `sim`).
+//! `syncnode sim`: runs a scenario in the flow-level simulator (crate `sim`)
+//! or in the packet tier (`node::packet_tier`: the daemon on turmoil hosts).
 
 use std::path::PathBuf;
 
@@ -9,6 +10,8 @@ Examples:
   syncnode sim sim/scenarios/fanout-1000.yaml --seed 1
   # 100 seeds of a chaos drill; a failing seed prints the command that replays it
   syncnode sim sim/scenarios/chaos-30.yaml --seed 1 --runs 100
+  # the same drill with the real daemon (libp2p included) on simulated hosts
+  syncnode sim sim/scenarios/chaos-30.yaml --tier packet --seed 1
 
 The scenario format is documented in docs/simulator.md.";
 
@@ -23,6 +26,20 @@ pub struct SimArgs {
     /// Runs with seeds seed, seed+1, ...: one summary line each, the full report of failures.
     #[arg(long, default_value_t = 1)]
     runs: u64,
+    /// `flow`: the swarm core over a flow-level network model (thousands of
+    /// nodes); `packet`: the whole daemon, libp2p included, on turmoil hosts
+    /// (up to 64 hosts).
+    #[arg(long, value_enum, default_value_t = Tier::Flow)]
+    tier: Tier,
+}
+
+/// Which simulator runs the scenario.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// Flow level (crate `sim`).
+    Flow,
+    /// Packet level (`node::packet_tier`).
+    Packet,
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -32,7 +49,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         sim::Scenario::parse(&text).with_context(|| format!("in {}", args.scenario.display()))?;
     let mut failed = Vec::new();
     for seed in args.seed..args.seed.saturating_add(args.runs.max(1)) {
-        let report = sim::run(sc.clone(), seed);
+        let report = match args.tier {
+            Tier::Flow => sim::run(sc.clone(), seed),
+            Tier::Packet => node::packet_tier::run(&sc, seed)?,
+        };
         if args.runs <= 1 || !report.passed() {
             println!("{report}");
         } else {
@@ -45,8 +65,13 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         }
         if !report.passed() {
             println!(
-                "FAILED; replay with: syncnode sim {} --seed {seed}",
-                args.scenario.display()
+                "FAILED; replay with: syncnode sim {}{} --seed {seed}",
+                args.scenario.display(),
+                if args.tier == Tier::Packet {
+                    " --tier packet"
+                } else {
+                    ""
+                }
             );
             failed.push(seed);
         }

@@ -10,6 +10,8 @@ use crate::world::{Counters, World};
 pub struct Report {
     /// Scenario name.
     pub scenario: String,
+    /// Which tier ran it: `flow` (this crate) or `packet` (the daemon on turmoil).
+    pub tier: &'static str,
     /// The seed.
     pub seed: u64,
     /// Nodes (besides the origin).
@@ -108,6 +110,7 @@ impl Report {
         };
         Report {
             scenario: w.sc.name.clone(),
+            tier: "flow",
             seed: w.seed,
             nodes: w.sc.nodes,
             version_bytes: vd.bytes,
@@ -173,8 +176,8 @@ impl fmt::Display for Report {
         let sb = self.s_over_b();
         writeln!(
             f,
-            "scenario {} (flow tier), seed {}",
-            self.scenario, self.seed
+            "scenario {} ({} tier), seed {}",
+            self.scenario, self.tier, self.seed
         )?;
         writeln!(
             f,

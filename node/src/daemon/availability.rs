@@ -17,7 +17,7 @@
 //! our `LocalGroup` rank, which splits the job of bringing chunks into the
 //! rack so that cross-rack traffic stays near one copy per rack.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::*;
 use crate::wire::{Have, MAX_HAVE_INDICES};
@@ -38,9 +38,9 @@ struct Sent {
 pub(super) struct VersionHave {
     /// Chunk indices we hold, in the order we got them.
     held: Vec<u32>,
-    sent: HashMap<PeerId, Sent>,
+    sent: Map<PeerId, Sent>,
     /// Haves received before the fetch started: peer → (all, indices).
-    early: HashMap<PeerId, (bool, Vec<u32>)>,
+    early: Map<PeerId, (bool, Vec<u32>)>,
     early_len: usize,
 }
 
@@ -91,7 +91,7 @@ impl Daemon {
         if self.partial_origin() {
             return;
         }
-        let now = Instant::now();
+        let now = now();
         let connected = self.live_peers();
         let mut out = Vec::new();
         for (root, v) in self.versions.iter_mut() {
@@ -150,7 +150,7 @@ impl Daemon {
                 Sent {
                     cursor: 0,
                     all: false,
-                    retry_at: Some(Instant::now() + Duration::from_millis(500)),
+                    retry_at: Some(now() + Duration::from_millis(500)),
                 },
             );
         }
@@ -158,7 +158,7 @@ impl Daemon {
 
     /// Applies a peer's `Have`; returns the response.
     pub(super) fn on_have(&mut self, peer: PeerId, have: Have) -> Response {
-        let now = Instant::now();
+        let now = now();
         let Some(v) = self.versions.get_mut(&have.root) else {
             return Response::NotFound;
         };
@@ -190,7 +190,7 @@ impl Daemon {
 
     /// Feeds buffered haves, topology and our rack group into a new fetch.
     pub(super) fn prime_fetch(&mut self, root: Hash) {
-        let now = Instant::now();
+        let now = now();
         let group = self.local_group();
         let Some(v) = self.versions.get_mut(&root) else {
             return;

@@ -7,6 +7,7 @@
 //! `syncnode seed` (a publisher serving one version from its source files).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,7 +19,7 @@ use libp2p::request_response::{
     self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
 };
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identity, tcp};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identity};
 use merkle::{ChunkRef, Hash, Manifest, SignedRoot};
 use swarm::serve::{Admission, DEFAULT_RESEND_AFTER, UploadGate};
 use swarm::{Action, ChunkIdx, Fetch, FetchConfig, Input};
@@ -35,10 +36,28 @@ use crate::store::{ChunkStore, StoreError};
 use crate::wire::{self, Gossip, Hello, HelloReply, PeerRecord, Request, Response};
 
 mod availability;
+mod env;
 mod serving;
 mod sessions;
 mod stripes;
 mod versions;
+
+pub use env::{Env, SimHost, TransportFn};
+
+/// A hash map with a fixed hasher: iteration order is a function of the
+/// keys, so the daemon acts in the same order run after run (the
+/// simulator's packet tier replays runs to the event). Keys are peer ids,
+/// content hashes and request ids, none chosen freely by a remote peer
+/// without also costing it a connection or a signed version.
+pub(crate) type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+/// The set counterpart of [`Map`].
+pub(crate) type Set<K> = HashSet<K, BuildHasherDefault<DefaultHasher>>;
+
+/// The daemon's clock: tokio's, which is the real monotonic clock in
+/// production and simulated time under turmoil or a paused test runtime.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// What `syncnode seed` adds to the daemon.
 pub struct SeedSpec {
@@ -67,7 +86,7 @@ struct Behaviour {
 enum VState {
     /// Waiting for the manifest; `asked` are peers tried in this round.
     Manifest {
-        asked: HashSet<PeerId>,
+        asked: Set<PeerId>,
         in_flight: bool,
     },
     Fetching,
@@ -89,7 +108,7 @@ struct Version {
     finished: Option<Instant>,
     bytes_fetched: u64,
     bytes_reused: u64,
-    complete_peers: HashSet<PeerId>,
+    complete_peers: Set<PeerId>,
     error: Option<String>,
     /// Availability bookkeeping (see `availability.rs`).
     have: availability::VersionHave,
@@ -151,8 +170,12 @@ struct Faults {
 
 impl Faults {
     fn from_env() -> Faults {
+        Faults::parse(&std::env::var("SYNCNODE_FAULT").unwrap_or_default())
+    }
+
+    /// Parses a `SYNCNODE_FAULT` value.
+    fn parse(spec: &str) -> Faults {
         let mut f = Faults::default();
-        let spec = std::env::var("SYNCNODE_FAULT").unwrap_or_default();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if part == "corrupt-serve" {
                 f.corrupt_serve = true;
@@ -207,13 +230,13 @@ pub struct Daemon {
     metrics_addr: Option<std::net::SocketAddr>,
     /// Bandwidth limits, shared with every TCP stream and the control socket.
     limiter: Arc<Limiter>,
-    versions: HashMap<Hash, Version>,
-    latest: HashMap<String, Hash>,
-    peers: HashMap<PeerId, PeerInfo>,
-    origins: HashSet<PeerId>,
-    pending: HashMap<OutboundRequestId, Pending>,
+    versions: Map<Hash, Version>,
+    latest: Map<String, Hash>,
+    peers: Map<PeerId, PeerInfo>,
+    origins: Set<PeerId>,
+    pending: Map<OutboundRequestId, Pending>,
     /// Chunk uploads in progress (admitted by `gate`).
-    uploads: HashSet<InboundRequestId>,
+    uploads: Set<InboundRequestId>,
     /// Upload admission: `max_uploads` at once; a publisher spreads distinct
     /// chunks first (`swarm::serve`).
     gate: UploadGate<Hash>,
@@ -224,19 +247,24 @@ pub struct Daemon {
     served_rx: mpsc::Receiver<(ResponseChannel<Response>, Response)>,
     mat_tx: mpsc::Sender<(Hash, Result<PathBuf, String>)>,
     mat_rx: mpsc::Receiver<(Hash, Result<PathBuf, String>)>,
+    status_tx: mpsc::Sender<control::StatusRequest>,
     status_rx: mpsc::Receiver<control::StatusRequest>,
     faults: Faults,
+    /// Blocking work runs on the daemon's own thread (simulated host; see [`Env`]).
+    inline: bool,
+    /// Under simulation: no signals, control socket, metrics endpoint or sampler.
+    simulated: bool,
     /// Pieces a publisher refuses (`withhold-data`) or already served once (`serve-once`).
-    fault_refused: HashSet<Hash>,
+    fault_refused: Set<Hash>,
     /// Stripes with a rebuild job in flight (see `stripes.rs`).
-    rebuilding: HashSet<(Hash, usize)>,
+    rebuilding: Set<(Hash, usize)>,
     rebuilt_tx: mpsc::Sender<stripes::Rebuilt>,
     rebuilt_rx: mpsc::Receiver<stripes::Rebuilt>,
     last_announce: Option<Instant>,
-    backoff: HashMap<Multiaddr, (Instant, Duration)>,
+    backoff: Map<Multiaddr, (Instant, Duration)>,
     rng_seed: u64,
     /// One liveness/reconnect/ban session per peer ever connected (see `sessions.rs`).
-    sessions: HashMap<PeerId, swarm::Session>,
+    sessions: Map<PeerId, swarm::Session>,
     session_cfg: swarm::SessionConfig,
     /// Allowlist and private-network settings, for connection log lines.
     access: security::Access,
@@ -280,46 +308,70 @@ impl Daemon {
     /// Builds the daemon: opens the store, loads state, binds listeners,
     /// metrics and the control socket.
     pub async fn start(cfg: Validated, seed: Option<SeedSpec>) -> anyhow::Result<Daemon> {
+        Daemon::start_in(cfg, seed, Env::default()).await
+    }
+
+    /// [`Daemon::start`] in an environment: the real process, or a simulated
+    /// host of the simulator's packet tier ([`Env`]).
+    pub async fn start_in(
+        cfg: Validated,
+        seed: Option<SeedSpec>,
+        env: Env,
+    ) -> anyhow::Result<Daemon> {
         let state_dir = cfg.raw.data_dir.join(".syncnode");
         std::fs::create_dir_all(state_dir.join("versions"))
             .with_context(|| format!("cannot create data_dir {}", state_dir.display()))?;
-        let store = Arc::new(
-            tokio::task::spawn_blocking({
-                let d = state_dir.clone();
-                let fsync = cfg.raw.fsync;
-                move || ChunkStore::open(&d, fsync)
-            })
-            .await??,
-        );
+        let simulated = env.sim.is_some();
+        let (d, fsync) = (state_dir.clone(), cfg.raw.fsync);
+        let store = Arc::new(if simulated {
+            ChunkStore::open(&d, fsync)?
+        } else {
+            tokio::task::spawn_blocking(move || ChunkStore::open(&d, fsync)).await??
+        });
         let (n, bytes) = store.stats();
         tracing::info!(chunks = n, bytes, "chunk store opened");
-        let key = load_or_create_identity(&state_dir.join("node.key"))?;
         let metrics = Arc::new(Metrics::default());
         let limiter = Limiter::new(cfg.limits, cfg.raw.bandwidth_mode, metrics.clone());
-        crate::ratelimit::spawn_sampler(limiter.clone());
-        let swarm = build_swarm(key, &cfg, limiter.clone())?;
+        let (swarm, faults, rng_seed) = match env.sim {
+            Some(host) => {
+                let mesh = Some(host.mesh_peers);
+                let swarm =
+                    build_swarm(host.identity, &cfg, limiter.clone(), host.transport, mesh)?;
+                (swarm, Faults::parse(&host.faults), host.rng_seed)
+            }
+            None => {
+                let key = load_or_create_identity(&state_dir.join("node.key"))?;
+                crate::ratelimit::spawn_sampler(limiter.clone());
+                let tcp = env::tcp_transport(&cfg);
+                let swarm = build_swarm(key, &cfg, limiter.clone(), tcp, None)?;
+                (swarm, Faults::from_env(), rand::random())
+            }
+        };
         let access = security::Access::new(&cfg.allowed_peers, cfg.psk.as_ref());
         access.log_startup(swarm.local_peer_id());
         let metrics_addr = match cfg.metrics_listen {
-            Some(a) => Some(
+            Some(a) if !simulated => Some(
                 crate::metrics::serve(a, metrics.clone())
                     .await
                     .with_context(|| format!("cannot bind metrics_listen {a}"))?,
             ),
-            None => None,
+            _ => None,
         };
         let (status_tx, status_rx) = mpsc::channel(16);
-        control::serve(&cfg.control_socket, status_tx, limiter.clone()).with_context(|| {
-            format!(
-                "cannot open control socket {}",
-                cfg.control_socket.display()
-            )
-        })?;
+        if !simulated {
+            control::serve(&cfg.control_socket, status_tx.clone(), limiter.clone()).with_context(
+                || {
+                    format!(
+                        "cannot open control socket {}",
+                        cfg.control_socket.display()
+                    )
+                },
+            )?;
+        }
         let (stored_tx, stored_rx) = mpsc::channel(1024);
         let (served_tx, served_rx) = mpsc::channel(1024);
         let (mat_tx, mat_rx) = mpsc::channel(16);
         let (rebuilt_tx, rebuilt_rx) = mpsc::channel(64);
-        let faults = Faults::from_env();
         let mut gate = UploadGate::new(cfg.raw.max_uploads);
         if let Some(sp) = &seed {
             gate.spread_anew(sp.manifest.unique_chunks().len(), DEFAULT_RESEND_AFTER);
@@ -336,28 +388,31 @@ impl Daemon {
             metrics,
             metrics_addr,
             limiter,
-            versions: HashMap::new(),
-            latest: HashMap::new(),
-            peers: HashMap::new(),
-            origins: HashSet::new(),
-            pending: HashMap::new(),
-            uploads: HashSet::new(),
+            versions: Map::default(),
+            latest: Map::default(),
+            peers: Map::default(),
+            origins: Set::default(),
+            pending: Map::default(),
+            uploads: Set::default(),
             stored_tx,
             stored_rx,
             served_tx,
             served_rx,
             mat_tx,
             mat_rx,
+            status_tx,
             status_rx,
             faults,
-            fault_refused: HashSet::new(),
-            rebuilding: HashSet::new(),
+            inline: simulated,
+            simulated,
+            fault_refused: Set::default(),
+            rebuilding: Set::default(),
             rebuilt_tx,
             rebuilt_rx,
             last_announce: None,
-            backoff: HashMap::new(),
-            rng_seed: rand::random(),
-            sessions: HashMap::new(),
+            backoff: Map::default(),
+            rng_seed,
+            sessions: Map::default(),
             session_cfg: swarm::SessionConfig::default(),
             access,
         };
@@ -414,11 +469,11 @@ impl Daemon {
                 chunks,
                 fetch: None,
                 state: VState::Complete,
-                started: Instant::now(),
-                finished: Some(Instant::now()),
+                started: now(),
+                finished: Some(now()),
                 bytes_fetched: 0,
                 bytes_reused: total,
-                complete_peers: HashSet::new(),
+                complete_peers: Set::default(),
                 error: None,
                 have: Default::default(),
                 stager: None,
@@ -433,7 +488,7 @@ impl Daemon {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
-        let mut best: HashMap<String, SignedRoot> = HashMap::new();
+        let mut best: Map<String, SignedRoot> = Map::default();
         for e in entries.flatten() {
             let p = e.path();
             if p.extension().is_none_or(|x| x != "root") {
@@ -474,14 +529,14 @@ impl Daemon {
     /// exponential backoff (1 s doubling to 30 s) so an unreachable peer is
     /// retried without flooding.
     fn dial_bootstrap(&mut self) {
-        let now = Instant::now();
-        let connected: HashSet<Multiaddr> = self
+        let now = now();
+        let connected: Set<Multiaddr> = self
             .peers
             .values()
             .filter(|p| p.connections > 0)
             .flat_map(|p| p.addrs.iter().cloned())
             .collect();
-        let banned: HashSet<Multiaddr> = self
+        let banned: Set<Multiaddr> = self
             .banned_peers()
             .iter()
             .filter_map(|p| self.peers.get(p))
@@ -512,39 +567,73 @@ impl Daemon {
         }
     }
 
+    /// A handle for status requests (what the control socket asks).
+    pub fn status_sender(&self) -> mpsc::Sender<control::StatusRequest> {
+        self.status_tx.clone()
+    }
+
+    /// This node's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
     /// Runs until SIGINT/SIGTERM, or (seed) until enough peers are complete.
-    pub async fn run(mut self) -> anyhow::Result<()> {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
+                _ = sigterm.recv() => tracing::info!("terminated, stopping"),
+            }
+        };
+        self.run_until(stop).await
+    }
+
+    /// Runs until `stop` completes, or (seed) until enough peers are complete.
+    ///
+    /// Events are taken in a fixed order of priority (`biased`), not at
+    /// random: a run is then a function of its inputs, which the simulator
+    /// relies on. Local completions (stored chunks, responses ready,
+    /// materialization, rebuilds) come first, as each is bounded by work the
+    /// network already delivered; timers next; the swarm last, which cannot
+    /// starve because every local event stems from a swarm event.
+    pub async fn run_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Availability is pushed to peers in batches at this pace
         // (`have_interval_ms`; see its doc for the trade-off).
         let mut have_tick = tokio::time::interval(self.have_interval);
         have_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut stop = std::pin::pin!(stop);
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
-                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                biased;
+                _ = &mut stop => break,
                 Some(s) = self.stored_rx.recv() => self.on_stored(s),
-                Some(r) = self.rebuilt_rx.recv() => self.on_rebuilt(r),
                 Some((ch, resp)) = self.served_rx.recv() => {
                     let _ = self.swarm.behaviour_mut().rr.send_response(ch, resp);
                 }
+                Some(r) = self.rebuilt_rx.recv() => self.on_rebuilt(r),
                 Some((root, r)) = self.mat_rx.recv() => self.on_materialized(root, r),
                 Some(req) = self.status_rx.recv() => { let _ = req.send(self.status()); }
                 _ = tick.tick() => self.housekeeping(),
                 _ = have_tick.tick() => self.flush_have(),
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(),
-                _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, stopping"); break; }
-                _ = sigterm.recv() => { tracing::info!("terminated, stopping"); break; }
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
             }
             self.pump();
             if self.seed_done() {
                 break;
             }
         }
-        let _ = std::fs::remove_file(&self.cfg.control_socket);
+        if !self.simulated {
+            let _ = std::fs::remove_file(&self.cfg.control_socket);
+        }
         Ok(())
     }
 
@@ -569,7 +658,7 @@ impl Daemon {
     }
 
     fn next_deadline(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
+        let far = now() + Duration::from_secs(3600);
         self.versions
             .values()
             .filter_map(|v| v.fetch.as_ref()?.poll_timeout())
@@ -579,7 +668,7 @@ impl Daemon {
     }
 
     fn on_timeout(&mut self) {
-        let now = Instant::now();
+        let now = now();
         for v in self.versions.values_mut() {
             if let Some(f) = v.fetch.as_mut() {
                 f.handle_timeout(now);
@@ -590,7 +679,7 @@ impl Daemon {
 
     fn housekeeping(&mut self) {
         self.dial_bootstrap();
-        let now = Instant::now();
+        let now = now();
         // Publisher: re-announce every 2 s, so late joiners and new mesh peers hear it.
         if let Some(seed) = &self.seed
             && self
@@ -640,7 +729,7 @@ impl Daemon {
                         self.start_fetch(root, m);
                     } else {
                         v.state = VState::Manifest {
-                            asked: HashSet::new(),
+                            asked: Set::default(),
                             in_flight: false,
                         };
                     }
@@ -720,22 +809,35 @@ impl Daemon {
     }
 }
 
+/// Builds the libp2p swarm over `transport`. `mesh_peers` (simulation)
+/// raises gossipsub's mesh degree to at least that many peers, so the mesh
+/// holds every peer and its random choices (drawn from the thread RNG,
+/// which cannot be seeded) never decide anything.
 fn build_swarm(
     key: identity::Keypair,
     cfg: &Validated,
     limiter: Arc<Limiter>,
+    transport: TransportFn,
+    mesh_peers: Option<usize>,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let request_timeout = Duration::from_secs(cfg.raw.request_timeout_secs * 3);
-    let tcp_config = tcp::Config::default().nodelay(true);
-    let psk = cfg.psk;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         // TCP + (private network) + Noise + yamux as `with_tcp` builds it,
         // with the bandwidth limiter wrapped around each TCP stream (see
-        // `ratelimit`, `security`).
-        .with_other_transport(|key| crate::ratelimit::transport(key, tcp_config, limiter, psk))?
+        // `ratelimit`, `security`); or the simulator's transport.
+        .with_other_transport(|key| transport(key, limiter))?
         .with_behaviour(|key| {
-            let gs_config = gossipsub::ConfigBuilder::default()
+            let mut gs = gossipsub::ConfigBuilder::default();
+            if let Some(n) = mesh_peers {
+                gs.mesh_n(n)
+                    .mesh_n_low(n)
+                    .mesh_n_high(2 * n)
+                    .mesh_outbound_min(0)
+                    .gossip_lazy(0)
+                    .gossip_factor(0.0);
+            }
+            let gs_config = gs
                 .heartbeat_interval(Duration::from_millis(700))
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 // Forward a message only once it decodes (see `on_gossip`).

@@ -187,7 +187,7 @@ impl Daemon {
                         .send_response(channel, Response::NotFound);
                     return;
                 }
-                if self.gate.admit(Instant::now(), &hash) == Admission::Busy {
+                if self.gate.admit(now(), &hash) == Admission::Busy {
                     let _ = self
                         .swarm
                         .behaviour_mut()
@@ -206,7 +206,7 @@ impl Daemon {
                 let tx = self.served_tx.clone();
                 let metrics = self.metrics.clone();
                 let faults = self.faults;
-                tokio::task::spawn_blocking(move || {
+                env::offload(self.inline, tx, move || {
                     if let Some(d) = faults.serve_delay {
                         std::thread::sleep(d);
                     }
@@ -234,7 +234,7 @@ impl Daemon {
                             Response::Error(e)
                         }
                     };
-                    let _ = tx.blocking_send((channel, resp));
+                    (channel, resp)
                 });
             }
         }
@@ -348,7 +348,7 @@ impl Daemon {
     }
 
     pub(super) fn status(&self) -> Status {
-        let now = Instant::now();
+        let now = now();
         let channels = self
             .followed_channels()
             .into_iter()

@@ -39,7 +39,7 @@ impl Daemon {
     /// Feeds `input` to `peer`'s session (if it has one: sessions start when
     /// a first connection is up) and carries out what it decides.
     pub(super) fn session_input(&mut self, peer: PeerId, input: SessionInput) {
-        let now = Instant::now();
+        let now = now();
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
@@ -54,7 +54,7 @@ impl Daemon {
     /// A connection to `peer` is up: a new session starts connected; a known
     /// one is told `Reconnected` (which resumes it, or refuses a banned peer).
     pub(super) fn session_connected(&mut self, peer: PeerId) {
-        let now = Instant::now();
+        let now = now();
         match self.sessions.get(&peer).map(Session::state) {
             Some(st) if st.is_connected() => {}
             Some(_) => self.session_input(peer, SessionInput::Reconnected),
@@ -95,7 +95,7 @@ impl Daemon {
 
     /// Advances every session's timers.
     pub(super) fn sessions_timeout(&mut self) {
-        let now = Instant::now();
+        let now = now();
         let due: Vec<PeerId> = self
             .sessions
             .iter()
@@ -157,7 +157,7 @@ impl Daemon {
                 self.peer_up(peer);
             }
             SessionAction::Ban { until } => {
-                let secs = until.saturating_duration_since(Instant::now()).as_secs();
+                let secs = until.saturating_duration_since(now()).as_secs();
                 Metrics::add(&self.metrics.peers_banned, 1);
                 tracing::warn!(%peer, ban_secs = secs, "peer banned for {secs} s after repeated offences (corrupt chunks or chunks announced but not held)");
                 self.feed_all(Input::PeerBanned { peer });

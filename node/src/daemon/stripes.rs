@@ -10,11 +10,10 @@ use std::sync::Arc;
 
 use merkle::erasure::{Erasure, encode_stripe, rebuild_stripe, stripe_of_piece};
 use merkle::{ChunkRef, Hash, Manifest};
-use std::time::Instant;
 
 use swarm::{ChunkIdx, ChunkState, Input};
 
-use super::Daemon;
+use super::{Daemon, now};
 use crate::metrics::Metrics;
 use crate::store::ChunkStore;
 
@@ -155,13 +154,10 @@ impl Daemon {
         self.rebuilding.insert((root, s));
         let store = self.store.clone();
         let tx = self.rebuilt_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = run_stripe(&store, &sp);
-            let _ = tx.blocking_send(Rebuilt {
-                root,
-                stripe: s,
-                result,
-            });
+        super::env::offload(self.inline, tx, move || Rebuilt {
+            root,
+            stripe: s,
+            result: run_stripe(&store, &sp),
         });
     }
 
@@ -181,7 +177,7 @@ impl Daemon {
         }
         v.have.hold(new.iter().copied());
         let chunks = new.into_iter().map(ChunkIdx).collect();
-        f.handle(Instant::now(), Input::AlreadyHave { chunks });
+        f.handle(now(), Input::AlreadyHave { chunks });
     }
 
     /// A stripe job finished: its pieces are held; the fetch stops asking.

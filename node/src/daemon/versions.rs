@@ -5,7 +5,7 @@ use super::*;
 
 impl Daemon {
     pub(super) fn feed_all(&mut self, input: Input<PeerId>) {
-        let now = Instant::now();
+        let now = now();
         for v in self.versions.values_mut() {
             if let Some(f) = v.fetch.as_mut() {
                 f.handle(now, input.clone());
@@ -60,7 +60,7 @@ impl Daemon {
         {
             tracing::debug!(%peer, %root, "peer holds version");
             if let Some(f) = v.fetch.as_mut() {
-                f.handle(Instant::now(), Input::PeerHasAll { peer });
+                f.handle(now(), Input::PeerHasAll { peer });
             }
         }
     }
@@ -140,14 +140,14 @@ impl Daemon {
                 chunks: Vec::new(),
                 fetch: None,
                 state: VState::Manifest {
-                    asked: HashSet::new(),
+                    asked: Set::default(),
                     in_flight: false,
                 },
-                started: Instant::now(),
+                started: now(),
                 finished: None,
                 bytes_fetched: 0,
                 bytes_reused: 0,
-                complete_peers: HashSet::new(),
+                complete_peers: Set::default(),
                 error: None,
                 have: Default::default(),
                 stager: None,
@@ -268,7 +268,7 @@ impl Daemon {
             chunks.iter().map(|c| c.len).collect(),
             self.rng_seed ^ u64::from_le_bytes(root.0[..8].try_into().expect("8 bytes")),
         );
-        let now = Instant::now();
+        let now = now();
         let have_idx: Vec<u32> = have.iter().map(|c| c.0).collect();
         fetch.handle(now, Input::AlreadyHave { chunks: have });
         for p in connected {
@@ -321,7 +321,7 @@ impl Daemon {
 
     /// Drains every fetch's actions into requests.
     pub(super) fn pump(&mut self) {
-        let now = Instant::now();
+        let now = now();
         let mut requests = Vec::new();
         let mut complete = Vec::new();
         let mut offences = Vec::new();
@@ -389,7 +389,7 @@ impl Daemon {
         let tx = self.mat_tx.clone();
         let pause = self.faults.materialize_delay.unwrap_or_default();
         let stager = v.stager.take();
-        tokio::task::spawn_blocking(move || {
+        env::offload(self.inline, tx, move || {
             let r = materialize::materialize_staged(
                 &data_dir,
                 &m,
@@ -400,7 +400,7 @@ impl Daemon {
                 stager.as_deref(),
             )
             .map_err(|e| e.to_string());
-            let _ = tx.blocking_send((root, r));
+            (root, r)
         });
     }
 
@@ -410,9 +410,9 @@ impl Daemon {
         };
         match r {
             Ok(path) => {
-                let elapsed = v.started.elapsed();
+                let elapsed = now().saturating_duration_since(v.started);
                 v.state = VState::Complete;
-                v.finished = Some(Instant::now());
+                v.finished = Some(now());
                 Metrics::add(&self.metrics.versions_complete, 1);
                 tracing::info!(
                     channel = %v.signed.channel,
@@ -434,7 +434,7 @@ impl Daemon {
                 tracing::error!(version = %v.signed.version, error = %e, "materialization failed; previous `current` kept; retrying in 10 s");
                 v.error = Some(e);
                 v.state = VState::Failed {
-                    retry_at: Instant::now() + Duration::from_secs(10),
+                    retry_at: now() + Duration::from_secs(10),
                 };
             }
         }
@@ -442,7 +442,7 @@ impl Daemon {
 
     pub(super) fn feed(&mut self, root: Hash, input: Input<PeerId>) {
         if let Some(f) = self.versions.get_mut(&root).and_then(|v| v.fetch.as_mut()) {
-            f.handle(Instant::now(), input);
+            f.handle(now(), input);
         }
     }
 
@@ -460,7 +460,7 @@ impl Daemon {
                 let tx = self.stored_tx.clone();
                 let store = self.store.clone();
                 let stager = self.versions.get(&root).and_then(|v| v.stager.clone());
-                tokio::task::spawn_blocking(move || {
+                env::offload(self.inline, tx, move || {
                     let result = if data.len() != len as usize {
                         Err(StoreError::HashMismatch {
                             expected: hash,
@@ -476,13 +476,13 @@ impl Daemon {
                         tracing::warn!(chunk = %hash, error = %e,
                             "cannot stage chunk; it is written from the store at the end");
                     }
-                    let _ = tx.blocking_send(Stored {
+                    Stored {
                         root,
                         idx,
                         peer,
                         len,
                         result,
-                    });
+                    }
                 });
             }
             Response::NotFound => self.feed(root, Input::NotFound { peer, chunk: idx }),
@@ -537,7 +537,7 @@ impl Daemon {
                     tracing::error!(version = %v.signed.version, error = %e, "cannot store chunks; pausing this version for 10 s (previous `current` kept)");
                     v.error = Some(e.to_string());
                     v.state = VState::Failed {
-                        retry_at: Instant::now() + Duration::from_secs(10),
+                        retry_at: now() + Duration::from_secs(10),
                     };
                     // Its staged files go too (they take space on a full
                     // disk); the retry stages anew.
