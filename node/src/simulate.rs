@@ -28,7 +28,7 @@ pub struct SimArgs {
     runs: u64,
     /// `flow`: the swarm core over a flow-level network model (thousands of
     /// nodes); `packet`: the whole daemon, libp2p included, on turmoil hosts
-    /// (up to 64 hosts).
+    /// (up to 64 hosts); `both`: each, then the two side by side.
     #[arg(long, value_enum, default_value_t = Tier::Flow)]
     tier: Tier,
 }
@@ -40,6 +40,8 @@ pub enum Tier {
     Flow,
     /// Packet level (`node::packet_tier`).
     Packet,
+    /// Both, one after the other, and how far apart they are.
+    Both,
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -52,6 +54,23 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         let report = match args.tier {
             Tier::Flow => sim::run(sc.clone(), seed),
             Tier::Packet => node::packet_tier::run(&sc, seed)?,
+            Tier::Both => {
+                let flow = sim::run(sc.clone(), seed);
+                let packet = node::packet_tier::run(&sc, seed)?;
+                println!("{flow}\n");
+                let (f, p) = (flow.max_over_s_b(), packet.max_over_s_b());
+                let (fo, po) = (flow.origin_over_s(), packet.origin_over_s());
+                println!(
+                    "tiers side by side, seed {seed}: slowest node flow {f:.3} / packet {p:.3} x S/B \
+                     (packet {:+.1} %), origin egress flow {fo:.3} / packet {po:.3} x S ({:+.1} %)\n",
+                    (p / f - 1.0) * 100.0,
+                    (po / fo - 1.0) * 100.0
+                );
+                if !flow.passed() {
+                    failed.push(seed);
+                }
+                packet
+            }
         };
         if args.runs <= 1 || !report.passed() {
             println!("{report}");
@@ -76,6 +95,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             failed.push(seed);
         }
     }
+    failed.dedup();
     if !failed.is_empty() {
         bail!(
             "{} of {} runs failed (seeds {failed:?})",

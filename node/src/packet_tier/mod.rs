@@ -66,6 +66,13 @@ use crate::control::Status;
 use crate::daemon::{Daemon, Env, SeedSpec, SimHost};
 use crate::publish::SourceIndex;
 
+/// The simulation step, µs: turmoil's tick and the NIC's. Not finer: tokio's
+/// timer has 1 ms resolution, so a host's clock would run ahead of the
+/// simulation's.
+pub const fn step_us() -> u64 {
+    1000
+}
+
 /// Most hosts (origin included) a packet-tier scenario may have.
 pub const MAX_HOSTS: u32 = 64;
 /// How often each host's status is read, simulated ms.
@@ -140,6 +147,8 @@ struct Obs {
     current: Option<String>,
     /// Version name → first time (s) its signed root was known.
     learned_at: BTreeMap<String, f64>,
+    /// Version name → first time (s) its manifest was held.
+    fetching_at: BTreeMap<String, f64>,
     /// Version name → first time (s) some of its bytes were held.
     first_byte_at: BTreeMap<String, f64>,
 }
@@ -243,7 +252,6 @@ impl Shared {
              channels: [\"{CHANNEL}\"]\ntrusted_publishers: [\"{}\"]\nmetrics_listen: null\n\
              fsync: false\nmax_peers: {}\nmax_uploads: {}\nmax_downloads: {}\n\
              have_interval_ms: {}\npeer_timeout_ms: {}\n\
-             bandwidth_limit_mbps: {{upload: {mbps}, download: {mbps}}}\n\
              labels: {{region: \"r{}\", zone: \"z{}\", rack: \"k{}\", host: \"{}\"}}\n",
             data_dir.display(),
             self.trusted,
@@ -256,7 +264,6 @@ impl Shared {
             h.zone,
             h.rack,
             h.name,
-            mbps = h.mbps,
         );
         let path = self.root.join(format!("{}.yaml", h.name));
         let cfg = NodeConfig::parse(&path, &text)
@@ -290,7 +297,9 @@ async fn host_main(sh: Rc<Shared>, i: usize) -> Result<(), Box<dyn std::error::E
         sim: Some(SimHost {
             identity,
             rng_seed: mix(sh.seed, (i as u64) << 32 | u64::from(h.incarnation)),
-            transport: Box::new(move |key, limiter| net::transport(key, limiter, traffic)),
+            transport: Box::new(move |key, _limiter| {
+                net::transport(key, net::Nic::start(h.mbps, traffic))
+            }),
             faults: h.faults.clone(),
             mesh_peers: sh.hosts.borrow().len(),
         }),
@@ -323,6 +332,9 @@ async fn host_main(sh: Rc<Shared>, i: usize) -> Result<(), Box<dyn std::error::E
                 .and_then(|c| c.latest.as_ref())
             {
                 o.learned_at.entry(l.version.clone()).or_insert(now);
+                if l.state != "manifest" {
+                    o.fetching_at.entry(l.version.clone()).or_insert(now);
+                }
                 if l.bytes_done > 0 {
                     o.first_byte_at.entry(l.version.clone()).or_insert(now);
                 }
@@ -554,7 +566,7 @@ fn run_in(
     sh.publish(0, 0.0)?;
 
     let lat = &sc.topology.latency_ms;
-    let step = Duration::from_millis(1);
+    let step = Duration::from_micros(step_us());
     let max_s = sc.checks.max_sim_s;
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_secs_f64(max_s + 1.0))
@@ -748,8 +760,8 @@ fn run_in(
     if std::env::var_os("SYNCNODE_SIM_TIMELINE").is_some() {
         for (h, o) in obs.iter().enumerate() {
             eprintln!(
-                "{}: learned {:?} first byte {:?} current {:?}",
-                names[h], o.learned_at, o.first_byte_at, o.current_at
+                "{}: learned {:?} manifest {:?} first byte {:?} current {:?}",
+                names[h], o.learned_at, o.fetching_at, o.first_byte_at, o.current_at
             );
         }
     }
@@ -880,4 +892,66 @@ fn audit_store(state_dir: &Path, known: &BTreeSet<Hash>) -> Result<u64, String> 
         }
     }
     Ok(checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(data: &[u8]) -> Vec<u8> {
+        let mut r = b"SNCK".to_vec();
+        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        r.extend_from_slice(&Hash::of(data).0);
+        r.extend_from_slice(data);
+        r
+    }
+
+    #[test]
+    fn the_store_audit_catches_tampered_unknown_and_torn_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = dir.path().join("packs");
+        std::fs::create_dir_all(&packs).unwrap();
+        let (a, b) = (b"first chunk".to_vec(), b"second chunk".to_vec());
+        let known: BTreeSet<Hash> = [Hash::of(&a), Hash::of(&b)].into_iter().collect();
+        let pack = packs.join("pack-000001.snp");
+        let good = [record(&a), record(&b)].concat();
+        std::fs::write(&pack, &good).unwrap();
+        assert_eq!(audit_store(dir.path(), &known), Ok(2));
+
+        let mut tampered = good.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        std::fs::write(&pack, &tampered).unwrap();
+        let e = audit_store(dir.path(), &known).unwrap_err();
+        assert!(e.contains("does not hash to its name"), "{e}");
+
+        std::fs::write(&pack, [good.clone(), record(b"not published")].concat()).unwrap();
+        let e = audit_store(dir.path(), &known).unwrap_err();
+        assert!(e.contains("no chunk of any published version"), "{e}");
+
+        std::fs::write(&pack, &good[..good.len() - 3]).unwrap();
+        let e = audit_store(dir.path(), &known).unwrap_err();
+        assert!(e.contains("torn record"), "{e}");
+    }
+
+    #[test]
+    fn later_versions_rewrite_about_their_fraction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v1, v2) = (dir.path().join("v1"), dir.path().join("v2"));
+        write_version(&v1, 64 * 4096, 9, &[]).unwrap();
+        write_version(&v2, 64 * 4096, 9, &[0.25]).unwrap();
+        let (a, b) = (
+            std::fs::read(v1.join("model.bin")).unwrap(),
+            std::fs::read(v2.join("model.bin")).unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        let changed = a
+            .chunks(4096)
+            .zip(b.chunks(4096))
+            .filter(|(x, y)| x != y)
+            .count();
+        assert_eq!(changed, 16, "a quarter of 64 tensors");
+        // The same inputs give the same bytes.
+        write_version(&dir.path().join("v1b"), 64 * 4096, 9, &[]).unwrap();
+        assert_eq!(a, std::fs::read(dir.path().join("v1b/model.bin")).unwrap());
+    }
 }

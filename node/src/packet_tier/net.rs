@@ -19,7 +19,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use futures::future::{BoxFuture, Ready};
 use libp2p::core::muxing::StreamMuxerBox;
@@ -29,8 +29,6 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, Transport, identity, noise, yamux};
 use tokio::io::{AsyncRead as _, AsyncWrite as _, ReadBuf};
 use tokio::sync::mpsc;
-
-use crate::ratelimit::{Limited, Limiter};
 
 /// What crossed the simulated network, shared by every host of a run.
 #[derive(Default)]
@@ -73,54 +71,318 @@ impl Traffic {
     }
 }
 
-/// A simulated TCP connection as a `futures` byte stream.
-pub struct Io {
-    inner: turmoil::net::TcpStream,
+/// Bytes a connection may hold written but not yet sent (the socket's
+/// send buffer): a writer beyond it waits.
+const SEND_BUFFER: usize = 256 * 1024;
+
+/// One connection's state, shared by its [`Io`] handle and the host's [`Nic`].
+struct Conn {
+    stream: turmoil::net::TcpStream,
     local: SocketAddr,
     remote: SocketAddr,
+    /// Written by the application: (step it was written in, bytes).
+    tx: std::collections::VecDeque<(u64, Vec<u8>)>,
+    tx_len: usize,
+    /// Received by the NIC, not yet read by the application.
+    rx: std::collections::VecDeque<u8>,
+    eof: bool,
+    error: Option<io::ErrorKind>,
+    /// The application closed or dropped its handle: shut down once sent.
+    closing: bool,
+    shut: bool,
+    dropped: bool,
+    reader: Option<std::task::Waker>,
+    writer: Option<std::task::Waker>,
+}
+
+/// The simulated step (steps since the start of the simulation).
+fn step_now() -> u64 {
+    (turmoil::sim_elapsed().unwrap_or_default().as_micros() / u128::from(super::step_us())) as u64
+}
+
+/// A connection's (local, remote) addresses: the NIC's order of service.
+type ConnKey = (SocketAddr, SocketAddr);
+
+/// A host's NIC: every connection's bytes go out and come in through it,
+/// at most `rate` bytes per second each way, shared max-min fairly among
+/// the connections with something to move.
+///
+/// It works in 1 ms steps: a task moves, once per step, up to a step's
+/// worth of bytes written in *earlier* steps from each connection's send
+/// buffer into turmoil's socket, and up to a step's worth of arrived bytes
+/// into each connection's receive buffer, taking connections in the order
+/// of their addresses. The order in which the host's tasks wrote within a
+/// step therefore never matters. That is what makes runs repeat:
+/// gossipsub sends one message to its recipients in the iteration order of
+/// a randomly seeded `HashSet`, and a first-come, first-served shaper (the
+/// daemon's own limiter) would turn that order into different timings.
+pub struct Nic {
+    rate: f64,
+    conns: Mutex<BTreeMap<ConnKey, Arc<Mutex<Conn>>>>,
     traffic: Arc<Traffic>,
 }
 
-impl Io {
-    fn new(inner: turmoil::net::TcpStream, traffic: Arc<Traffic>) -> io::Result<Io> {
-        Ok(Io {
-            local: inner.local_addr()?,
-            remote: inner.peer_addr()?,
-            inner,
+impl Nic {
+    /// A NIC of `mbps` Mbit/s each way, and its task on the current runtime.
+    pub fn start(mbps: f64, traffic: Arc<Traffic>) -> Arc<Nic> {
+        let nic = Arc::new(Nic {
+            rate: mbps * 1e6 / 8.0,
+            conns: Mutex::new(BTreeMap::new()),
             traffic,
-        })
+        });
+        let weak = Arc::downgrade(&nic);
+        tokio::spawn(async move {
+            let step = std::time::Duration::from_micros(super::step_us());
+            let mut tick = tokio::time::interval(step);
+            let (mut carry_up, mut carry_down) = (0.0f64, 0.0f64);
+            loop {
+                tick.tick().await;
+                let Some(nic) = weak.upgrade() else { return };
+                let per_step = nic.rate * step.as_secs_f64();
+                carry_up = nic.pump(true, per_step + carry_up).min(per_step);
+                carry_down = nic.pump(false, per_step + carry_down).min(per_step);
+            }
+        });
+        nic
     }
+
+    fn attach(&self, stream: turmoil::net::TcpStream) -> io::Result<Io> {
+        let (local, remote) = (stream.local_addr()?, stream.peer_addr()?);
+        let conn = Arc::new(Mutex::new(Conn {
+            stream,
+            local,
+            remote,
+            tx: Default::default(),
+            tx_len: 0,
+            rx: Default::default(),
+            eof: false,
+            error: None,
+            closing: false,
+            shut: false,
+            dropped: false,
+            reader: None,
+            writer: None,
+        }));
+        self.conns
+            .lock()
+            .expect("nic lock")
+            .insert((local, remote), conn.clone());
+        Ok(Io { conn })
+    }
+
+    /// Moves up to `budget` bytes one way (`up`: send buffers → sockets;
+    /// else sockets → receive buffers), max-min fairly; returns what is left.
+    fn pump(&self, up: bool, budget: f64) -> f64 {
+        let step = step_now();
+        let conns: Vec<Arc<Mutex<Conn>>> = {
+            let mut map = self.conns.lock().expect("nic lock");
+            // Forget connections that are finished both ways.
+            map.retain(|_, c| {
+                let c = c.lock().expect("conn lock");
+                !(c.dropped && (c.shut || c.error.is_some()))
+            });
+            map.values().cloned().collect()
+        };
+        let mut left = budget.floor() as usize;
+        let mut active: Vec<usize> = (0..conns.len()).collect();
+        while left > 0 && !active.is_empty() {
+            let share = (left / active.len()).max(1);
+            let mut still = Vec::new();
+            for &i in &active {
+                if left == 0 {
+                    break;
+                }
+                let quota = share.min(left);
+                let moved = {
+                    let mut c = conns[i].lock().expect("conn lock");
+                    if up {
+                        c.send(step, quota, &self.traffic)
+                    } else {
+                        c.receive(quota)
+                    }
+                };
+                left -= moved;
+                if moved == quota {
+                    still.push(i);
+                }
+            }
+            active = still;
+        }
+        if up {
+            for c in &conns {
+                c.lock().expect("conn lock").maybe_shutdown();
+            }
+        }
+        left as f64 + budget.fract()
+    }
+}
+
+impl Conn {
+    /// Sends up to `quota` bytes written before `step`; returns how many.
+    fn send(&mut self, step: u64, quota: usize, traffic: &Traffic) -> usize {
+        if self.error.is_some() {
+            return 0;
+        }
+        let mut sent = 0;
+        while sent < quota {
+            let Some((stamp, front)) = self.tx.front_mut() else {
+                break;
+            };
+            if *stamp >= step {
+                break;
+            }
+            let n = front.len().min(quota - sent);
+            match self.stream.try_write(&front[..n]) {
+                Ok(k) => {
+                    traffic.record(self.local, self.remote, k);
+                    sent += k;
+                    self.tx_len -= k;
+                    if k == front.len() {
+                        self.tx.pop_front();
+                    } else {
+                        front.drain(..k);
+                    }
+                    if k < n {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.fail(e.kind());
+                    break;
+                }
+            }
+        }
+        if sent > 0
+            && self.tx_len < SEND_BUFFER
+            && let Some(w) = self.writer.take()
+        {
+            w.wake();
+        }
+        sent
+    }
+
+    /// Takes up to `quota` arrived bytes into the receive buffer.
+    fn receive(&mut self, quota: usize) -> usize {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = vec![0u8; quota];
+        let mut got = 0;
+        // turmoil hands out one segment per read: read until the quota is
+        // met or nothing more has arrived.
+        while got < quota && !self.eof && self.error.is_none() {
+            let mut rb = ReadBuf::new(&mut buf[got..]);
+            match Pin::new(&mut self.stream).poll_read(&mut cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        self.eof = true;
+                    }
+                    got += n;
+                }
+                Poll::Ready(Err(e)) => self.fail(e.kind()),
+                Poll::Pending => break,
+            }
+        }
+        self.rx.extend(&buf[..got]);
+        if (got > 0 || self.eof)
+            && let Some(w) = self.reader.take()
+        {
+            w.wake();
+        }
+        got
+    }
+
+    fn maybe_shutdown(&mut self) {
+        if self.closing && !self.shut && self.tx.is_empty() && self.error.is_none() {
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let _ = Pin::new(&mut self.stream).poll_shutdown(&mut cx);
+            self.shut = true;
+        }
+    }
+
+    fn fail(&mut self, kind: io::ErrorKind) {
+        self.error = Some(kind);
+        for w in [self.reader.take(), self.writer.take()]
+            .into_iter()
+            .flatten()
+        {
+            w.wake();
+        }
+    }
+}
+
+/// A simulated TCP connection as a `futures` byte stream, through the
+/// host's [`Nic`].
+pub struct Io {
+    conn: Arc<Mutex<Conn>>,
 }
 
 impl futures::AsyncRead for Io {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let mut rb = ReadBuf::new(buf);
-        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
-        Poll::Ready(Ok(rb.filled().len()))
+        let mut c = self.conn.lock().expect("conn lock");
+        if !c.rx.is_empty() {
+            let n = buf.len().min(c.rx.len());
+            for (d, s) in buf.iter_mut().zip(c.rx.drain(..n)) {
+                *d = s;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if let Some(k) = c.error {
+            return Poll::Ready(Err(k.into()));
+        }
+        if c.eof {
+            return Poll::Ready(Ok(0));
+        }
+        c.reader = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
 impl futures::AsyncWrite for Io {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.traffic.record(self.local, self.remote, n);
+        let mut c = self.conn.lock().expect("conn lock");
+        if let Some(k) = c.error {
+            return Poll::Ready(Err(k.into()));
+        }
+        if c.closing {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if c.tx_len >= SEND_BUFFER {
+            c.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = buf.len().min(SEND_BUFFER - c.tx_len);
+        c.tx.push_back((step_now(), buf[..n].to_vec()));
+        c.tx_len += n;
         Poll::Ready(Ok(n))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.conn.lock().expect("conn lock").closing = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        let mut c = self.conn.lock().expect("conn lock");
+        // As a kernel does: what was written is still sent, then FIN.
+        c.closing = true;
+        c.dropped = true;
     }
 }
 
@@ -130,18 +392,18 @@ type Event = TransportEvent<Ready<io::Result<Io>>, io::Error>;
 /// (optionally ending in `/p2p/…`); a listener runs as a task of the host
 /// that called `listen_on`.
 pub struct TurmoilTcp {
-    traffic: Arc<Traffic>,
+    nic: Arc<Nic>,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     listeners: Vec<(ListenerId, tokio::task::JoinHandle<()>)>,
 }
 
 impl TurmoilTcp {
-    /// A transport recording into `traffic`.
-    pub fn new(traffic: Arc<Traffic>) -> TurmoilTcp {
+    /// A transport whose connections go through `nic`.
+    pub fn new(nic: Arc<Nic>) -> TurmoilTcp {
         let (tx, rx) = mpsc::unbounded_channel();
         TurmoilTcp {
-            traffic,
+            nic,
             tx,
             rx,
             listeners: Vec::new(),
@@ -183,7 +445,7 @@ impl Transport for TurmoilTcp {
         let Some(sa) = socket_addr(&addr) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
-        let (tx, traffic) = (self.tx.clone(), self.traffic.clone());
+        let (tx, nic) = (self.tx.clone(), self.nic.clone());
         let task = tokio::spawn(async move {
             // turmoil binds only the unspecified address (or loopback);
             // the host's own address is what peers dial and are told.
@@ -205,7 +467,7 @@ impl Transport for TurmoilTcp {
             loop {
                 match listener.accept().await {
                     Ok((stream, remote)) => {
-                        let upgrade = futures::future::ready(Io::new(stream, traffic.clone()));
+                        let upgrade = futures::future::ready(nic.attach(stream));
                         let _ = tx.send(TransportEvent::Incoming {
                             listener_id: id,
                             upgrade,
@@ -244,10 +506,10 @@ impl Transport for TurmoilTcp {
         let Some(sa) = socket_addr(&addr) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
-        let traffic = self.traffic.clone();
+        let nic = self.nic.clone();
         Ok(Box::pin(async move {
             let s = turmoil::net::TcpStream::connect(sa).await?;
-            Io::new(s, traffic)
+            nic.attach(s)
         }))
     }
 
@@ -283,15 +545,15 @@ pub fn yamux_config() -> yamux::Config {
     c
 }
 
-/// turmoil TCP → [`Limited`] (the host NIC) → Noise → yamux.
+/// turmoil TCP → the host's [`Nic`] → Noise → yamux. The daemon's own
+/// bandwidth limiter is not in this stack (its rates are unlimited under
+/// simulation): the NIC is the network's part, the limiter a node setting.
 pub fn transport(
     key: &identity::Keypair,
-    limiter: Arc<Limiter>,
-    traffic: Arc<Traffic>,
+    nic: Arc<Nic>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
     let noise = noise::Config::new(key)?;
-    Ok(TurmoilTcp::new(traffic)
-        .map(move |io, _| Limited::new(io, limiter.clone(), None))
+    Ok(TurmoilTcp::new(nic)
         .upgrade(Version::V1Lazy)
         .authenticate(noise)
         .multiplex(yamux_config())

@@ -1,0 +1,111 @@
+//! The simulator's packet tier: the whole daemon (libp2p included) on
+//! turmoil hosts. Runs live here rather than in `cargo test -p sim` because
+//! the packet tier is the daemon's code (crate `node` depends on `sim`).
+
+use node::packet_tier::{self, PacketError};
+
+fn scenario(text: &str) -> sim::Scenario {
+    sim::Scenario::parse(text).expect("scenario")
+}
+
+const CALM_8: &str = "
+name: calm-8
+nodes: 8
+topology: {racks_per_zone: 2}
+link: {mbps: 200}
+checkpoint: {size_mib: 4}
+swarm: {download_slots: 6}
+checks: {max_sim_s: 30}
+";
+
+#[test]
+fn the_same_seed_gives_the_same_trace_and_every_node_completes() {
+    let sc = scenario(CALM_8);
+    let a = packet_tier::run(&sc, 3).expect("run a");
+    let b = packet_tier::run(&sc, 3).expect("run b");
+    println!("{a}\n{b}");
+    assert!(a.passed(), "{a}");
+    assert_eq!(a.tier, "packet");
+    assert_eq!(a.completion.len(), 8, "every node holds the version: {a}");
+    assert_eq!(a.trace, b.trace, "same scenario and seed, different trace");
+    assert_eq!(a.completion, b.completion);
+    assert_eq!(a.counters.events, b.counters.events);
+    // Nodes get most bytes from each other: unicast would cost the origin
+    // 8 copies (this small version, 16 chunks, costs it about 1.7).
+    assert!(
+        a.origin_over_s() < 2.5,
+        "origin sent {:.2} x S",
+        a.origin_over_s()
+    );
+    let delivered = a.counters.delivered as f64 / a.published_bytes as f64;
+    assert!(delivered > 8.0, "8 nodes got {delivered:.2} copies in all");
+    // No node can beat its link: S/B is a floor.
+    assert!(a.completion_q(0.0) > a.s_over_b(), "{a}");
+    // Another seed is another run (different keys, different schedule).
+    let c = packet_tier::run(&sc, 4).expect("run c");
+    assert_ne!(a.trace, c.trace);
+}
+
+#[test]
+fn a_byzantine_peer_is_caught_and_every_honest_node_is_byte_identical() {
+    let sc = scenario(
+        "
+name: byzantine-4
+nodes: 4
+link: {mbps: 200}
+checkpoint: {size_mib: 4}
+swarm: {download_slots: 6}
+faults: [{kind: byzantine, ids: [1]}]
+checks: {max_sim_s: 60}
+",
+    );
+    let r = packet_tier::run(&sc, 1).expect("run");
+    println!("{r}");
+    // Safety (every `current` equals its source, every stored record hashes
+    // to its name) and liveness held, although node 1 corrupted every chunk
+    // it served.
+    assert!(r.passed(), "{r}");
+    assert!(
+        r.counters.rejected > 0,
+        "nobody asked the Byzantine node? {r}"
+    );
+    assert!(r.counters.safety_checks > 0);
+}
+
+#[test]
+fn the_chaos_drill_passes_for_several_seeds() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sim/scenarios/chaos-packet-8.yaml"
+    );
+    let sc = scenario(&std::fs::read_to_string(path).expect("scenario file"));
+    for seed in 1..=3 {
+        let r = packet_tier::run(&sc, seed).expect("run");
+        println!("{r}");
+        assert!(
+            r.passed(),
+            "seed {seed} failed; replay with: syncnode sim sim/scenarios/chaos-packet-8.yaml --tier packet --seed {seed}\n{r}"
+        );
+        // Two versions were published: v2 is what every live node holds.
+        assert!(r.published_bytes > r.version_bytes);
+        assert_eq!(r.completion.len() as u32, r.live);
+    }
+}
+
+#[test]
+fn more_hosts_than_the_tier_runs_is_a_clear_error() {
+    let sc = scenario("name: big\nnodes: 100\nlink: {mbps: 100}\ncheckpoint: {size_mib: 1}\n");
+    match packet_tier::run(&sc, 1) {
+        Err(e @ PacketError::Unsupported(_)) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("at most 64 hosts") && msg.contains("--tier flow"),
+                "{msg}"
+            );
+        }
+        other => panic!(
+            "expected Unsupported, got {:?}",
+            other.map(|r| r.to_string())
+        ),
+    }
+}
