@@ -23,8 +23,10 @@
 //! [`world`]. What runs unchanged from production is the whole scheduling
 //! core: rarest-first selection, topology preference, origin offload,
 //! per-peer pipelining and timeouts, endgame, strikes and bans. The packet
-//! tier (the whole daemon, libp2p included, over turmoil) is not built yet;
-//! `docs/simulator.md` says which code runs where.
+//! tier (the whole daemon, libp2p included, on turmoil hosts) is
+//! `node::packet_tier`, since it runs the daemon; it reads the same
+//! [`Scenario`] and fills the same [`Report`]. `docs/simulator.md` says
+//! which code runs where.
 //!
 //! ```
 //! let sc = sim::Scenario::parse("
