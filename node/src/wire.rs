@@ -131,6 +131,21 @@ pub enum Response {
     Busy,
 }
 
+impl Response {
+    /// The variant's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Hello(_) => "hello",
+            Response::Manifest(_) => "manifest",
+            Response::Chunk(_) => "chunk",
+            Response::NotFound => "not-found",
+            Response::Error(_) => "error",
+            Response::Ack => "ack",
+            Response::Busy => "busy",
+        }
+    }
+}
+
 mod tag {
     pub const HELLO: u8 = 1;
     pub const GET_MANIFEST: u8 = 2;

@@ -31,6 +31,8 @@ struct Sent {
     cursor: usize,
     all: bool,
     retry_at: Option<Instant>,
+    /// A first `Have` went out (possibly empty): the peer knows we announce.
+    opened: bool,
 }
 
 /// Per-version availability state.
@@ -115,10 +117,15 @@ impl Daemon {
                             chunks: Vec::new(),
                         },
                     ));
-                } else if s.cursor < v.have.held.len() {
+                } else if s.cursor < v.have.held.len() || !s.opened {
+                    // The first one goes out even empty: "I fetch this
+                    // version and hold nothing yet", so the peer does not
+                    // probe us with requests we can only answer `NotFound`
+                    // (a peer that never announced may hold anything).
                     let end = (s.cursor + MAX_HAVE_INDICES).min(v.have.held.len());
                     let chunks = v.have.held[s.cursor..end].to_vec();
                     s.cursor = end;
+                    s.opened = true;
                     out.push((
                         *p,
                         Have {
@@ -151,6 +158,7 @@ impl Daemon {
                     cursor: 0,
                     all: false,
                     retry_at: Some(now() + Duration::from_millis(500)),
+                    opened: false,
                 },
             );
         }
@@ -175,7 +183,9 @@ impl Daemon {
         if have.all {
             f.handle(now, Input::PeerHasAll { peer });
         }
-        if !have.chunks.is_empty() {
+        if !have.all {
+            // Empty too: it marks the peer as one that announces (known to
+            // hold only what it said), not one of unknown availability.
             let n = v.chunks.len() as u32;
             let chunks = have
                 .chunks

@@ -330,6 +330,7 @@ impl Daemon {
             while let Some(a) = f.poll_action(now) {
                 match a {
                     Action::Request { peer, chunk } => {
+                        tracing::trace!(%peer, chunk = chunk.0, "requesting chunk");
                         let c = v.chunks[chunk.0 as usize];
                         requests.push((peer, *root, chunk, c));
                     }
@@ -455,6 +456,7 @@ impl Daemon {
         len: u32,
         resp: Response,
     ) {
+        tracing::trace!(%peer, chunk = idx.0, response = resp.kind(), "chunk response");
         match resp {
             Response::Chunk(data) => {
                 let tx = self.stored_tx.clone();

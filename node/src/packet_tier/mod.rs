@@ -351,6 +351,18 @@ async fn host_main(sh: Rc<Shared>, i: usize) -> Result<(), Box<dyn std::error::E
     Ok(())
 }
 
+/// Log timestamps in simulated seconds.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:9.4}s", t.as_secs_f64()),
+            None => write!(w, "    -    "),
+        }
+    }
+}
+
 /// Which hosts (1-based node ids) a selection names.
 fn resolve(sel: &Select, sc: &Scenario, rng: &mut SplitMix) -> Vec<usize> {
     let mut out: BTreeSet<usize> = sel.ids.iter().map(|&i| i as usize).collect();
@@ -408,13 +420,20 @@ pub fn run(sc: &Scenario, seed: u64) -> Result<sim::Report, PacketError> {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).map_err(io_err(format!("cannot create {}", root.display())))?;
     let started = std::time::Instant::now();
-    let quiet = std::env::var_os("SYNCNODE_SIM_LOG").is_none();
-    let result = if quiet {
+    // Quiet unless asked: then every line carries the simulated time and
+    // the host (turmoil's `node` span).
+    let result = if std::env::var_os("SYNCNODE_SIM_LOG").is_none() {
         tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
             run_in(sc, seed, &root, started)
         })
     } else {
-        run_in(sc, seed, &root, started)
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_timer(SimTime)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .finish();
+        tracing::subscriber::with_default(sub, || run_in(sc, seed, &root, started))
     };
     let _ = std::fs::remove_dir_all(&root);
     result
