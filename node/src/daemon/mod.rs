@@ -84,10 +84,12 @@ struct Behaviour {
 
 #[derive(Debug)]
 enum VState {
-    /// Waiting for the manifest; `asked` are peers tried in this round.
+    /// Waiting for the manifest; `asked` are peers tried in this round;
+    /// `since`: when the request in flight went out.
     Manifest {
         asked: Set<PeerId>,
         in_flight: bool,
+        since: Option<Instant>,
     },
     Fetching,
     Materializing,
@@ -720,6 +722,7 @@ impl Daemon {
             }
         }
         // Retry failed versions and manifest rounds.
+        let hedge = Duration::from_millis(self.cfg.raw.peer_timeout_ms.max(500));
         let roots: Vec<Hash> = self.versions.keys().copied().collect();
         for root in roots {
             let v = self.versions.get_mut(&root).expect("listed");
@@ -731,12 +734,29 @@ impl Daemon {
                         v.state = VState::Manifest {
                             asked: Set::default(),
                             in_flight: false,
+                            since: None,
                         };
                     }
                 }
                 VState::Manifest {
                     in_flight: false, ..
                 } => self.request_manifest(root),
+                // A manifest is small: one unanswered for a peer timeout is
+                // probably on a dead connection (a peer that restarted
+                // behind a half-open one), where it would wait out the
+                // whole request timeout. Ask the next peer as well; the
+                // first valid answer wins.
+                VState::Manifest {
+                    in_flight: true,
+                    since: Some(t),
+                    ..
+                } if now.saturating_duration_since(*t) >= hedge => {
+                    if let VState::Manifest { in_flight, .. } = &mut v.state {
+                        *in_flight = false;
+                    }
+                    tracing::debug!(%root, "manifest request unanswered; asking another peer too");
+                    self.request_manifest(root);
+                }
                 _ => {}
             }
         }

@@ -123,6 +123,13 @@ impl Daemon {
             Ok(_) => SessionInput::HeartbeatOk,
             Err(e) => {
                 tracing::debug!(peer = %ev.peer, error = %e, "heartbeat missed");
+                // The session is per peer and hears every connection; a
+                // dead extra connection (the peer restarted behind a
+                // half-open one) would keep its requests forever. Close it.
+                if self.peers.get(&ev.peer).is_some_and(|i| i.connections > 1) {
+                    tracing::info!(peer = %ev.peer, "closing a connection whose heartbeat failed; another is up");
+                    self.swarm.close_connection(ev.connection);
+                }
                 SessionInput::HeartbeatMissed
             }
         };

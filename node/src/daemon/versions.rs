@@ -142,6 +142,7 @@ impl Daemon {
                 state: VState::Manifest {
                     asked: Set::default(),
                     in_flight: false,
+                    since: None,
                 },
                 started: now(),
                 finished: None,
@@ -160,7 +161,12 @@ impl Daemon {
         let Some(v) = self.versions.get_mut(&root) else {
             return;
         };
-        let VState::Manifest { asked, in_flight } = &mut v.state else {
+        let VState::Manifest {
+            asked,
+            in_flight,
+            since,
+        } = &mut v.state
+        else {
             return;
         };
         if *in_flight {
@@ -179,6 +185,7 @@ impl Daemon {
         };
         asked.insert(peer);
         *in_flight = true;
+        *since = Some(now());
         let id = self
             .swarm
             .behaviour_mut()
