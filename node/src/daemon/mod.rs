@@ -146,6 +146,8 @@ struct Stored {
 struct PeerInfo {
     addrs: Vec<Multiaddr>,
     connections: usize,
+    /// Open connections: id, whether we dialled it, when it came up.
+    conns: Vec<(libp2p::swarm::ConnectionId, bool, Instant)>,
     /// Topology distance from us (0 same host … 4 elsewhere or unknown).
     distance: Option<u8>,
 }
@@ -769,12 +771,39 @@ impl Daemon {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
+                let me = *self.swarm.local_peer_id();
                 let info = self.peers.entry(peer_id).or_default();
                 info.connections += 1;
+                let t = now();
+                info.conns.push((connection_id, endpoint.is_dialer(), t));
+                // Both peers dialled each other at once: keep one. Only the
+                // peer with the lower id acts, and it keeps the connection
+                // it dialled, so the two sides never close different ones.
+                // (An older connection is left alone: it may be half-open
+                // to a peer that restarted; its heartbeat closes it.)
+                if me < peer_id {
+                    let twins: Vec<_> = info
+                        .conns
+                        .iter()
+                        .filter(|(_, _, at)| {
+                            t.saturating_duration_since(*at) < Duration::from_secs(1)
+                        })
+                        .copied()
+                        .collect();
+                    if twins.iter().any(|c| c.1) && twins.iter().any(|c| !c.1) {
+                        for (id, dialer, _) in twins {
+                            if !dialer {
+                                tracing::debug!(peer = %peer_id, "closing the duplicate of a simultaneous dial");
+                                self.swarm.close_connection(id);
+                            }
+                        }
+                    }
+                }
                 if endpoint.is_dialer() {
                     let a = endpoint.get_remote_address().clone();
                     if !info.addrs.contains(&a) {
@@ -789,11 +818,13 @@ impl Daemon {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 ..
             } => {
                 if let Some(i) = self.peers.get_mut(&peer_id) {
                     i.connections = i.connections.saturating_sub(1);
+                    i.conns.retain(|c| c.0 != connection_id);
                 }
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, "peer disconnected");
