@@ -89,10 +89,13 @@ fn the_chaos_drill_passes_for_several_seeds() {
         // Two versions were published: v2 is what every live node holds.
         assert!(r.published_bytes > r.version_bytes);
         assert_eq!(r.completion.len() as u32, r.live);
-        if seed == 1 {
+        if seed <= 2 {
             // Under faults too, the same seed replays the same run, even in
             // the same process (libp2p's request and connection ids come
-            // from process-wide counters, so they differ from the first run).
+            // from process-wide counters, so they differ from the first run,
+            // and its `HashMap`s are seeded afresh). Seed 1 once parted on
+            // the order in which a closed connection failed its requests,
+            // seed 2 on which of two connections to one peer carried them.
             let again = packet_tier::run(&sc, seed).expect("rerun");
             assert_eq!(
                 r.trace, again.trace,

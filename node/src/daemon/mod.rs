@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use libp2p::request_response::{
     self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
 };
@@ -152,6 +152,19 @@ struct PeerInfo {
     distance: Option<u8>,
 }
 
+impl PeerInfo {
+    /// Remembers an address of the peer, without its `/p2p/<id>` suffix, so
+    /// one socket address is listed (and dialled) once.
+    fn add_addr(&mut self, mut a: Multiaddr) {
+        if matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+            a.pop();
+        }
+        if !self.addrs.contains(&a) {
+            self.addrs.push(a);
+        }
+    }
+}
+
 /// Fault switches for tests, from `SYNCNODE_FAULT` (comma-separated):
 /// `corrupt-serve` flips a byte of every chunk this process serves;
 /// `notfound-serve` answers `NotFound` for every chunk it holds (while still
@@ -223,6 +236,10 @@ impl Faults {
     }
 }
 
+/// How many further ready swarm events one loop turn takes before it pumps
+/// the fetches (see `run_until`). Far above the requests one connection holds.
+const SWARM_BATCH: usize = 1024;
+
 /// The running daemon.
 pub struct Daemon {
     swarm: Swarm<Behaviour>,
@@ -239,6 +256,9 @@ pub struct Daemon {
     peers: Map<PeerId, PeerInfo>,
     origins: Set<PeerId>,
     pending: Map<OutboundRequestId, Pending>,
+    /// Chunk requests that failed in this loop turn, fed to their fetch in
+    /// sorted order before the next `pump` (see `run_until`).
+    failed: Vec<(Hash, ChunkIdx, PeerId)>,
     /// Chunk uploads in progress (admitted by `gate`).
     uploads: Set<InboundRequestId>,
     /// Upload admission: `max_uploads` at once; a publisher spreads distinct
@@ -397,6 +417,7 @@ impl Daemon {
             peers: Map::default(),
             origins: Set::default(),
             pending: Map::default(),
+            failed: Vec::new(),
             uploads: Set::default(),
             stored_tx,
             stored_rx,
@@ -628,7 +649,21 @@ impl Daemon {
                 _ = tick.tick() => self.housekeeping(),
                 _ = have_tick.tick() => self.flush_have(),
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(),
-                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                ev = self.swarm.select_next_some() => {
+                    self.on_swarm_event(ev);
+                    // Take every event the swarm already holds before the
+                    // next `pump`. A closed connection fails all its requests
+                    // at once, in the order of a `HashSet` inside libp2p; the
+                    // batch is then fed in sorted order, so what is requested
+                    // next does not depend on that order (and a simulated run
+                    // replays). Bounded, so local work cannot starve.
+                    for _ in 0..SWARM_BATCH {
+                        match self.swarm.next().now_or_never() {
+                            Some(Some(ev)) => self.on_swarm_event(ev),
+                            _ => break,
+                        }
+                    }
+                }
             }
             self.pump();
             if self.seed_done() {
@@ -804,11 +839,24 @@ impl Daemon {
                         }
                     }
                 }
+                // Two dials of ours to the peer, both up (a redial and a
+                // peer-exchange dial crossing): we alone see both as ours,
+                // so we close the newer one.
                 if endpoint.is_dialer() {
-                    let a = endpoint.get_remote_address().clone();
-                    if !info.addrs.contains(&a) {
-                        info.addrs.push(a);
+                    let ours = info
+                        .conns
+                        .iter()
+                        .filter(|(_, dialer, at)| {
+                            *dialer && t.saturating_duration_since(*at) < Duration::from_secs(1)
+                        })
+                        .count();
+                    if ours > 1 {
+                        tracing::debug!(peer = %peer_id, "closing a second connection we dialled");
+                        self.swarm.close_connection(connection_id);
                     }
+                }
+                if endpoint.is_dialer() {
+                    info.add_addr(endpoint.get_remote_address().clone());
                 }
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, "peer connected");

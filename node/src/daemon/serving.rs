@@ -126,7 +126,7 @@ impl Daemon {
         match self.pending.remove(&request_id) {
             Some(Pending::Chunk { root, idx, .. }) => {
                 tracing::debug!(%peer, %error, "chunk request failed");
-                self.feed(root, Input::Failed { peer, chunk: idx });
+                self.failed.push((root, idx, peer));
             }
             Some(Pending::Manifest { root }) => self.on_manifest(peer, root, None),
             Some(Pending::Have { root }) => self.have_refused(peer, root),
@@ -145,10 +145,8 @@ impl Daemon {
             Request::Hello(h) => {
                 let info = self.peers.entry(peer).or_default();
                 for a in h.listen_addrs {
-                    if let Ok(a) = Multiaddr::try_from(a)
-                        && !info.addrs.contains(&a)
-                    {
-                        info.addrs.push(a);
+                    if let Ok(a) = Multiaddr::try_from(a) {
+                        info.add_addr(a);
                     }
                 }
                 self.on_peer_hello(peer, h.labels, h.seeding);
@@ -300,9 +298,7 @@ impl Daemon {
                 .iter()
                 .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
             {
-                if !info.addrs.contains(&a) {
-                    info.addrs.push(a);
-                }
+                info.add_addr(a);
             }
         }
         let connected = self.swarm.connected_peers().count();
@@ -334,6 +330,7 @@ impl Daemon {
             budget -= 1;
             let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(id)
                 .addresses(addrs)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
                 .build();
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(peer = %id, error = %e, "peer-exchange dial failed");

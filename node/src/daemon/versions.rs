@@ -328,6 +328,11 @@ impl Daemon {
 
     /// Drains every fetch's actions into requests.
     pub(super) fn pump(&mut self) {
+        let mut failed = std::mem::take(&mut self.failed);
+        failed.sort_unstable();
+        for (root, chunk, peer) in failed {
+            self.feed(root, Input::Failed { peer, chunk });
+        }
         let now = now();
         let mut requests = Vec::new();
         let mut complete = Vec::new();

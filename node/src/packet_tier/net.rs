@@ -30,6 +30,13 @@ use libp2p::{Multiaddr, PeerId, Transport, identity, noise, yamux};
 use tokio::io::{AsyncRead as _, AsyncWrite as _, ReadBuf};
 use tokio::sync::mpsc;
 
+/// `SYNCNODE_SIM_WRITES=1`: print every network write (simulated µs, from,
+/// to, length) to stderr, to find where two runs of one seed part.
+fn dump_writes() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("SYNCNODE_SIM_WRITES").is_some_and(|v| v == "1"))
+}
+
 /// What crossed the simulated network, shared by every host of a run.
 #[derive(Default)]
 pub struct Traffic {
@@ -56,6 +63,9 @@ impl Traffic {
         // hash while changing nothing else.
         t.trace = t.trace.wrapping_add(h.finish());
         t.writes += 1;
+        if dump_writes() {
+            eprintln!("write {:>10} {from} {to} {len}", now.as_micros());
+        }
     }
 
     /// Bytes written from `from` to `to`.
