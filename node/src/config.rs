@@ -109,6 +109,12 @@ pub struct NodeConfig {
     pub have_interval_ms: u64,
     /// fsync every chunk before it becomes visible. Default true; turn off only for throwaway tests.
     pub fsync: bool,
+    /// Threads of the daemon's async runtime (networking, Noise, yamux, the
+    /// swarm). 0, the default, is one per CPU core (or `TOKIO_WORKER_THREADS`).
+    /// Hashing and disk work run on separate blocking threads either way.
+    /// Set it to bound the daemon's footprint on a busy host (a training
+    /// node) or when several daemons share one.
+    pub worker_threads: usize,
     /// Node labels (region, zone, rack, host); used for topology-aware selection by later versions.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Chunker parameters used by `seed` (min/avg/max bytes).
@@ -215,6 +221,7 @@ impl Default for NodeConfig {
             max_downloads: 6,
             have_interval_ms: 100,
             fsync: true,
+            worker_threads: 0,
             labels: Default::default(),
             chunker: ChunkerConfig::default(),
             erasure: None,
@@ -315,6 +322,15 @@ impl NodeConfig {
             if v == 0 || v > 100_000 {
                 return Err(value_err(key, format!("{v} is out of range 1..=100000")));
             }
+        }
+        if self.worker_threads > 1024 {
+            return Err(value_err(
+                "worker_threads",
+                format!(
+                    "{} is out of range 0..=1024 (0 = one per CPU core)",
+                    self.worker_threads
+                ),
+            ));
         }
         if !(1..=10_000).contains(&self.have_interval_ms) {
             return Err(value_err(
@@ -536,6 +552,10 @@ mod tests {
             (
                 &format!("trusted_publishers: [{KEY}]\nban_after: 0\n"),
                 "ban_after",
+            ),
+            (
+                &format!("trusted_publishers: [{KEY}]\nworker_threads: 5000\n"),
+                "worker_threads",
             ),
             (
                 &format!("trusted_publishers: [{KEY}]\nban_secs: 99999999\n"),

@@ -327,7 +327,8 @@ fn main() -> anyhow::Result<()> {
             }
             cfg.trusted_publishers.extend(trust);
             let cfg = cfg.validate(true)?;
-            runtime()?.block_on(async { Daemon::start(cfg, None).await?.run().await })
+            runtime(cfg.raw.worker_threads)?
+                .block_on(async { Daemon::start(cfg, None).await?.run().await })
         }
         Cmd::Seed {
             dir,
@@ -420,10 +421,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+/// The daemon's runtime: `worker_threads` threads, or tokio's default (one
+/// per core, `TOKIO_WORKER_THREADS`) for 0.
+fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        b.worker_threads(worker_threads);
+    }
+    Ok(b.enable_all().build()?)
 }
 
 fn parse_erasure(s: &str) -> Result<merkle::ErasureConfig, String> {
@@ -488,7 +493,8 @@ fn seed(
         source: std::sync::Arc::new(source),
         until_complete,
     };
-    runtime()?.block_on(async { Daemon::start(cfg, Some(spec)).await?.run().await })
+    runtime(cfg.raw.worker_threads)?
+        .block_on(async { Daemon::start(cfg, Some(spec)).await?.run().await })
 }
 
 fn print_status(s: &node::control::Status) {
@@ -563,4 +569,14 @@ fn bandwidth_line(b: &node::control::BandwidthStatus) -> String {
         b.wire_bytes_sent,
         b.wire_bytes_received
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn worker_threads_sets_the_runtime_size() {
+        assert_eq!(super::runtime(3).unwrap().metrics().num_workers(), 3);
+        let default = super::runtime(0).unwrap().metrics().num_workers();
+        assert!(default >= 1);
+    }
 }
