@@ -30,8 +30,9 @@
 //!   the publisher of version k+1, a copy of version k with a fraction of
 //!   its tensors rewritten).
 //!
-//! Checks: whenever a node's `current` changes, it must be byte-identical
-//! to the source of that version (no half-written version is current);
+//! Checks: after every step each node's `current` is read from its disk;
+//! whenever it changed, it must be byte-identical to the source of that
+//! version (no half-written version is current);
 //! at the end every record of every host's chunk store must hash to its
 //! name and belong to a published version (no unverified byte stored, hence
 //! none served); liveness as in the flow tier. The trace hash covers every
@@ -144,7 +145,6 @@ struct Obs {
     status: Option<Status>,
     /// Version name → first time (s) it was `current`.
     current_at: BTreeMap<String, f64>,
-    current: Option<String>,
     /// Version name → first time (s) its signed root was known.
     learned_at: BTreeMap<String, f64>,
     /// Version name → first time (s) its manifest was held.
@@ -339,7 +339,6 @@ async fn host_main(sh: Rc<Shared>, i: usize) -> Result<(), Box<dyn std::error::E
                     o.first_byte_at.entry(l.version.clone()).or_insert(now);
                 }
             }
-            o.current = cur;
             o.status = Some(s);
         }
     };
@@ -675,8 +674,6 @@ fn run_in(
                     if lost {
                         let _ = std::fs::remove_dir_all(root.join(&names[host]));
                         sh.hosts.borrow_mut()[host].generation += 1;
-                        let mut obs = sh.obs.borrow_mut();
-                        obs[host].current = None;
                         last_current[host] = None;
                     }
                     if silent {
@@ -702,13 +699,21 @@ fn run_in(
         let now = sim.elapsed().as_secs_f64();
 
         // Safety: a node's `current` is always a whole, verified version.
+        // Read from each host's disk after every step: materialization runs
+        // inline on a simulated host (`env::offload`), so a `current` switch
+        // happens within one step and none goes unchecked.
         let published = sh.published.borrow();
         {
-            let obs = sh.obs.borrow();
             for h in 1..n {
-                if obs[h].current != last_current[h] {
-                    last_current[h] = obs[h].current.clone();
-                    if let Some(v) = &obs[h].current {
+                let now_current =
+                    crate::materialize::current_version(&root.join(&names[h]), CHANNEL);
+                if now_current != last_current[h] {
+                    last_current[h] = now_current;
+                    if let Some(v) = &last_current[h] {
+                        sh.obs.borrow_mut()[h]
+                            .current_at
+                            .entry(v.clone())
+                            .or_insert(now);
                         safety_checks += 1;
                         let cur = root.join(&names[h]).join(CHANNEL).join("current");
                         match published.iter().find(|p| &p.name == v) {
