@@ -40,6 +40,12 @@ pub struct Status {
     pub chunks_rejected: u64,
     /// Signed roots refused since start.
     pub roots_rejected: u64,
+    /// Our chunk requests answered `Busy` since start.
+    #[serde(default)]
+    pub answers_busy: u64,
+    /// Our chunk requests answered `NotFound` since start.
+    #[serde(default)]
+    pub answers_not_found: u64,
     /// Bandwidth limits and wire byte counts.
     #[serde(default)]
     pub bandwidth: BandwidthStatus,

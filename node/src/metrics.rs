@@ -29,6 +29,10 @@ pub struct Metrics {
     pub chunks_rebuilt: AtomicU64,
     /// Chunk requests answered.
     pub chunks_served: AtomicU64,
+    /// Our chunk requests a peer answered `Busy` (all its upload slots taken).
+    pub answers_busy: AtomicU64,
+    /// Our chunk requests a peer answered `NotFound` (it did not hold the chunk).
+    pub answers_not_found: AtomicU64,
     /// Versions fully materialized (or published, on a seed).
     pub versions_complete: AtomicU64,
     /// Roots refused (bad signature or untrusted publisher).
@@ -61,7 +65,7 @@ impl Metrics {
 
     /// Renders the Prometheus text exposition.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 18] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 20] = [
             (
                 "syncnode_links_cut_total",
                 "counter",
@@ -109,6 +113,18 @@ impl Metrics {
                 "counter",
                 "Chunks that failed verification.",
                 &self.chunks_rejected,
+            ),
+            (
+                "syncnode_chunk_answers_busy_total",
+                "counter",
+                "Chunk requests of this node that a peer answered Busy.",
+                &self.answers_busy,
+            ),
+            (
+                "syncnode_chunk_answers_not_found_total",
+                "counter",
+                "Chunk requests of this node that a peer answered NotFound.",
+                &self.answers_not_found,
             ),
             (
                 "syncnode_chunks_served_total",

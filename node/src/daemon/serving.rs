@@ -427,6 +427,8 @@ impl Daemon {
             bytes_fetched: self.metrics.bytes_fetched.load(Relaxed),
             chunks_rejected: self.metrics.chunks_rejected.load(Relaxed),
             roots_rejected: self.metrics.roots_rejected.load(Relaxed),
+            answers_busy: self.metrics.answers_busy.load(Relaxed),
+            answers_not_found: self.metrics.answers_not_found.load(Relaxed),
             bandwidth: self.limiter.status(),
         }
     }

@@ -76,12 +76,18 @@ impl Daemon {
     }
 
     /// Connected peers whose session considers them live.
+    /// Connected peers whose session is live, in peer id order (the swarm
+    /// iterates a randomly seeded map; sorted, what is sent to whom first
+    /// does not depend on it).
     pub(super) fn live_peers(&self) -> Vec<PeerId> {
-        self.swarm
+        let mut v: Vec<PeerId> = self
+            .swarm
             .connected_peers()
             .filter(|p| self.is_live(p))
             .copied()
-            .collect()
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// Banned peers (for a fetch that starts now).

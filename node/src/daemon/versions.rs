@@ -324,6 +324,7 @@ impl Daemon {
         v.error = None;
         self.check_all_stripes(root);
         self.prime_fetch(root);
+        self.send_have(Some(root), None);
     }
 
     /// Drains every fetch's actions into requests.
@@ -499,8 +500,14 @@ impl Daemon {
                     }
                 });
             }
-            Response::NotFound => self.feed(root, Input::NotFound { peer, chunk: idx }),
-            Response::Busy => self.feed(root, Input::Busy { peer, chunk: idx }),
+            Response::NotFound => {
+                Metrics::add(&self.metrics.answers_not_found, 1);
+                self.feed(root, Input::NotFound { peer, chunk: idx });
+            }
+            Response::Busy => {
+                Metrics::add(&self.metrics.answers_busy, 1);
+                self.feed(root, Input::Busy { peer, chunk: idx });
+            }
             other => {
                 tracing::debug!(%peer, ?other, "unexpected reply to a chunk request");
                 self.feed(root, Input::Failed { peer, chunk: idx });

@@ -846,6 +846,8 @@ fn run_in(
     for o in obs.iter() {
         if let Some(s) = &o.status {
             counters.rejected += s.chunks_rejected;
+            counters.busy += s.answers_busy;
+            counters.not_found += s.answers_not_found;
         }
     }
     let mut th = std::hash::DefaultHasher::new();
