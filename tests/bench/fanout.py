@@ -709,10 +709,16 @@ class Bench:
                != v1_sha] if self.a.verify else []
         times = sorted(t for t, _ in done.values())
         fetched = sorted(self.fetched_at.values())
+        # What the nodes' chunk requests were answered, other than data
+        # (status counters since start; absent from older builds).
+        sts = [self.sn_status(d) or {} for d in dirs]
+        busy = sum(st.get("answers_busy", 0) for st in sts)
+        notfound = sum(st.get("answers_not_found", 0) for st in sts)
         note = (f"{len(done)}/{len(nodes)} complete; first {times[0]:.1f}s median "
                 f"{times[len(times) // 2]:.1f}s"
                 + (f"; all chunks held: median {fetched[len(fetched) // 2]:.1f}s "
                    f"last {fetched[-1]:.1f}s" if fetched else "")
+                + f"; answers busy {busy}, not-found {notfound}"
                 + (f"; SHA MISMATCH on {bad}" if bad else
                    "; sha256 ok" if self.a.verify else ""))
         self.row(case, "syncnode", size, wall, tx, cpu, note)
