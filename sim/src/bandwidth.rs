@@ -34,7 +34,9 @@ pub struct Flow<T> {
     /// Cap of this flow alone (bytes/s), `f64::INFINITY` for none.
     pub cap: f64,
     updated: u64,
-    generation: u32,
+    /// The fill that set `rate` (unique over the network's life, so a
+    /// finish entry of an earlier flow in a reused slot never matches).
+    generation: u64,
     /// What the caller attached to the flow.
     pub payload: T,
 }
@@ -55,7 +57,9 @@ pub struct Network<T> {
     free: Vec<u32>,
     ups: Vec<Vec<u32>>,
     downs: Vec<Vec<u32>>,
-    finish: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    finish: BinaryHeap<Reverse<(u64, u32, u64)>>,
+    /// Fills so far (the last one's generation).
+    fills: u64,
     dirty: Vec<usize>,
     /// Per resource: the epoch of the last component walk that visited it.
     seen: Vec<u32>,
@@ -86,6 +90,7 @@ impl<T> Network<T> {
             ups: vec![Vec::new(); n],
             downs: vec![Vec::new(); n],
             finish: BinaryHeap::new(),
+            fills: 0,
             dirty: Vec::new(),
             seen: vec![0; 2 * n],
             epoch: 0,
@@ -268,13 +273,15 @@ impl<T> Network<T> {
         use std::collections::BTreeMap;
         // Resource -> (capacity left, unfrozen flows); flow caps are resources of their own.
         let mut res: BTreeMap<usize, (f64, Vec<u32>)> = BTreeMap::new();
+        self.fills += 1;
+        let generation = self.fills;
         for &i in comp {
             let f = self.flows[i as usize]
                 .as_mut()
                 .expect("component flow exists");
             f.remaining = f.remaining_at(t);
             f.updated = t;
-            f.generation = f.generation.wrapping_add(1);
+            f.generation = generation;
             let (a, b) = (up(f.from), down(f.to));
             let (ca, cb) = (self.up_cap[f.from], self.down_cap[f.to]);
             res.entry(a).or_insert((ca, Vec::new())).1.push(i);
@@ -419,6 +426,22 @@ mod tests {
         let f = n.get(b).expect("b");
         assert!((f.rate - 100.0).abs() < 1e-9);
         assert_eq!(n.next_finish(), Some((1_500_000_000, b)));
+    }
+
+    #[test]
+    fn a_reused_flow_slot_does_not_inherit_the_old_finish_time() {
+        // Flow a finishes at 1 s; its slot is reused at once by b (10x the
+        // bytes). The heap still holds a's (1 s, slot, generation) entry:
+        // b must finish at 11 s, not at once.
+        let mut n = Network::new(vec![100.0, 100.0], vec![100.0, 100.0]);
+        let a = n.add(0, 0, 1, 100.0, f64::INFINITY, ());
+        n.settle(0);
+        assert_eq!(n.next_finish(), Some((1_000_000_000, a)));
+        n.remove(1_000_000_000, a).expect("a");
+        let b = n.add(1_000_000_000, 0, 1, 1000.0, f64::INFINITY, ());
+        assert_eq!(a, b, "the slot is reused");
+        n.settle(1_000_000_000);
+        assert_eq!(n.next_finish(), Some((11_000_000_000, b)));
     }
 
     #[test]
