@@ -417,6 +417,89 @@ _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
 
 
+FLOOR_PORT = 7499
+
+
+def floor_parts(size, nodes):
+    """Split `size` bytes into `nodes` near-equal parts (node i holds part i-1)."""
+    base, extra = divmod(size, nodes)
+    return [base + (1 if k < extra else 0) for k in range(nodes)]
+
+
+def floor_peer_main(me, ips, size, start):
+    """One host of the `tcp-floor` case: plain TCP, the oracle relay schedule.
+
+    The origin (0) sends part i-1 of the file (S/(N-1) bytes) to node i; node i
+    sends its part to every other node at the same moment, without waiting to
+    have it (an oracle: a real relay can forward only what it holds, which at
+    chunk granularity costs about one chunk time). Every node receives S bytes
+    in total over N-1 connections, every node sends (N-2)/(N-1) S and the
+    origin S: the fan-out schedule with the least bytes per link, run over
+    the same fabric and the same TCP as the tools. A node prints the instant
+    (time.time()) it had received all S bytes.
+    """
+    n = len(ips)
+    parts = floor_parts(size, n - 1)
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((ips[me], FLOOR_PORT))
+    srv.listen(64)
+    lock = threading.Lock()
+    got = [0]
+    full = threading.Event()
+
+    def receive(c):
+        with c:
+            while True:
+                b = c.recv(1 << 20)
+                if not b:
+                    return
+                with lock:
+                    got[0] += len(b)
+                    if me != 0 and got[0] >= size and not full.is_set():
+                        print(f"received {got[0]} at {time.time():.6f}", flush=True)
+                        full.set()
+
+    def accept():
+        while True:
+            c, _ = srv.accept()
+            threading.Thread(target=receive, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    buf = bytes(1 << 20)
+
+    def send(j, nbytes):
+        for attempt in range(50):  # every peer listens before the start instant
+            try:
+                s = socket.create_connection((ips[j], FLOOR_PORT), timeout=5)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"cannot connect to {ips[j]}:{FLOOR_PORT}")
+        s.settimeout(None)
+        with s:
+            left = nbytes
+            while left > 0:
+                k = min(left, len(buf))
+                s.sendall(buf[:k])
+                left -= k
+
+    targets = ([(i, parts[i - 1]) for i in range(1, n)] if me == 0
+               else [(j, parts[me - 1]) for j in range(1, n) if j != me])
+    while time.time() < start:
+        time.sleep(0.001)
+    senders = [threading.Thread(target=send, args=t, daemon=True) for t in targets]
+    for t in senders:
+        t.start()
+    if me != 0 and not full.wait(600):
+        print(f"timeout: received {got[0]} of {size}", flush=True)
+        return 1
+    for t in senders:
+        t.join(600)
+    return 0
+
+
 def ns_http_get(ns, host, port, path, timeout=3.0):
     result = {}
 
@@ -799,6 +882,48 @@ class Bench:
             srv.stop()
             shutil.rmtree(base, ignore_errors=True)
 
+    # -- tcp-floor: the oracle relay over plain TCP ---------------------------
+
+    def run_floor(self, case, size):
+        """What plain TCP reaches on this fabric with the best schedule (see
+        floor_peer_main): a reference next to the tools, not a tool."""
+        net = self.net
+        base = self.fresh_dir("floor")
+        start = time.time() + 1.0
+        tx0 = net.origin_tx()
+        peers = []
+        try:
+            for i in range(net.n):
+                argv = [sys.executable, os.path.abspath(__file__), "--floor-peer", str(i),
+                        "--floor-ips", ",".join(net.ips), "--floor-bytes", str(size),
+                        "--floor-start", f"{start:.6f}"]
+                peers.append(Proc(f"floor{i}", argv, ns=net.hosts[i],
+                                  logfile=os.path.join(base, f"h{i}.log")))
+            deadline = time.monotonic() + self.limit(size)
+            while any(p.poll() is None for p in peers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ends = []
+            for p in peers[1:]:
+                for line in open(p.logfile).read().splitlines():
+                    if line.startswith("received "):
+                        ends.append(float(line.split()[-1]))
+            tx = net.origin_tx() - tx0
+            cpu = self.cpu_total(peers)
+            if len(ends) == net.n - 1 and all(p.rc == 0 for p in peers):
+                spans = sorted(e - start for e in ends)
+                sb = size / (self.a.rate_mbit * 1e6 / 8)
+                note = (f"oracle relay schedule, plain TCP; per node "
+                        f"{spans[0] / sb:.2f}-{spans[-1] / sb:.2f} x S/B, median "
+                        f"{spans[len(spans) // 2] / sb:.2f}")
+                self.row(case, "tcp-floor", size, spans[-1], tx, cpu, note)
+            else:
+                self.row(case, "tcp-floor", size, None, tx, cpu,
+                         "FAILED: " + " | ".join(p.log_tail(2) for p in peers if p.rc != 0)[:200])
+        finally:
+            for p in peers:
+                p.stop()
+            shutil.rmtree(base, ignore_errors=True)
+
     # -- BitTorrent ---------------------------------------------------------
 
     def bt_torrent(self, size, src_file):
@@ -997,8 +1122,8 @@ def main():
     ap.add_argument("--rate-mbit", type=int, default=200, help="per-host TBF rate (default 200)")
     ap.add_argument("--size-mib", default="128,1024",
                     help="comma-separated file sizes in MiB (default 128,1024)")
-    ap.add_argument("--cases", default="syncnode,delta,unicast,aria2c,rqbit",
-                    help="comma-separated subset of syncnode,delta,unicast,aria2c,rqbit")
+    ap.add_argument("--cases", default="tcp-floor,syncnode,delta,unicast,aria2c,rqbit",
+                    help="comma-separated subset of tcp-floor,syncnode,delta,unicast,aria2c,rqbit")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 4 hosts, 100 Mbit/s, 32 MiB (explicit flags still win)")
     ap.add_argument("--syncnode", default=os.path.join(REPO, "target", "release", "syncnode"))
@@ -1022,12 +1147,18 @@ def main():
     ap.add_argument("--no-verify", dest="verify", action="store_false",
                     help="skip the untimed sha256 cross-check of syncnode/BitTorrent results")
     ap.add_argument("--tracker", help=argparse.SUPPRESS)
+    ap.add_argument("--floor-peer", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-ips", help=argparse.SUPPRESS)
+    ap.add_argument("--floor-bytes", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-start", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--tracker-stats", help=argparse.SUPPRESS)
     argv = sys.argv[1:]
     a = ap.parse_args(argv)
     if a.tracker:
         tracker_main(a.tracker, a.tracker_stats)
         return 0
+    if a.floor_peer is not None:
+        return floor_peer_main(a.floor_peer, a.floor_ips.split(","), a.floor_bytes, a.floor_start)
     if a.quick:
         given = " ".join(argv)
         if "--hosts" not in given:
@@ -1039,7 +1170,7 @@ def main():
     sizes = [parse_size(s) for s in a.size_mib.split(",") if s.strip()]
     a.size_mib_max = max(sizes) >> 20
     cases = [c.strip() for c in a.cases.split(",") if c.strip()]
-    unknown = set(cases) - {"syncnode", "delta", "unicast", "aria2c", "rqbit"}
+    unknown = set(cases) - {"tcp-floor", "syncnode", "delta", "unicast", "aria2c", "rqbit"}
     if unknown:
         ap.error(f"unknown cases: {sorted(unknown)}")
     if a.hosts < 2 or a.hosts > 200:
@@ -1104,6 +1235,11 @@ def main():
             sha1, tb = write_checkpoint(f1, size, seed=1234)
             real = os.path.getsize(f1)
             try:
+                if "tcp-floor" in cases:
+                    try:
+                        bench.run_floor(case, real)
+                    except RuntimeError as e:
+                        bench.row(case, "tcp-floor", real, None, None, None, f"ERROR: {e}"[:300])
                 if "syncnode" in cases or "delta" in cases:
                     v2 = None
                     changed = None
