@@ -282,6 +282,15 @@ pub struct SwarmKnobs {
     /// How long the origin refuses a second copy of a chunk while others
     /// never left it (`UploadGate::spreading_first`; default 500 ms).
     pub origin_resend_ms: Option<f64>,
+    /// When an upload slot is free again: once at most this many KiB of the
+    /// transfer are left to cross. 0 (the default): when the transfer
+    /// ends, the gate as `swarm::serve::UploadGate` means it. The daemon
+    /// as it ships frees its slot earlier, when request-response reports
+    /// the response sent: once its last bytes are written into the yamux
+    /// stream, whose window (256 KiB at a stream's start) lets them be
+    /// written before they are delivered. 256 models that (the fidelity
+    /// scenarios set it); see `docs/simulator.md`, "Fidelity".
+    pub slot_release_kib: u32,
 }
 
 impl Default for SwarmKnobs {
@@ -295,6 +304,7 @@ impl Default for SwarmKnobs {
             reconnect_ms: 1000.0,
             remote_wait_ms: None,
             origin_resend_ms: None,
+            slot_release_kib: 0,
         }
     }
 }

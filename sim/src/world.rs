@@ -209,6 +209,19 @@ pub(crate) struct Transfer {
     gid: u32,
     token: u64,
     inc: (u32, u32),
+    /// This flow holds the server's upload slot.
+    slot: bool,
+    /// Bytes of the chunk that follow this flow (the part that crosses
+    /// after the slot is freed; see `SwarmKnobs::slot_release_kib`).
+    tail: u32,
+}
+
+/// One connection's transfers, server to client: its bytes leave in order
+/// (one TCP connection per peer pair), so one transfer crosses at a time.
+#[derive(Debug, Default)]
+pub(crate) struct Pair {
+    pub(crate) active: bool,
+    pub(crate) queue: std::collections::VecDeque<Transfer>,
 }
 
 /// Counters the report prints.
@@ -247,6 +260,9 @@ pub struct World {
     rng: SplitMix64,
     pub(crate) hosts: Vec<Host>,
     pub(crate) net: Network<Transfer>,
+    /// Per connection (server, client): whether a transfer is crossing,
+    /// and the admitted ones waiting behind it (see `World::pump_pair`).
+    pub(crate) pairs: std::collections::BTreeMap<(HostId, HostId), Pair>,
     queue: BinaryHeap<Reverse<Entry>>,
     seq: u64,
     pub(crate) t: u64,
@@ -349,6 +365,7 @@ impl World {
         let n = hosts.len();
         let mut w = World {
             net: Network::new(caps.clone(), caps),
+            pairs: std::collections::BTreeMap::new(),
             hosts,
             rng,
             seed,

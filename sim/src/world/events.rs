@@ -61,6 +61,7 @@ impl World {
                 server,
                 gid,
             } => {
+                self.drop_waiting(server, client, |tr| tr.gid == gid);
                 let hit: Vec<_> = self
                     .net
                     .flows_of(server as usize)
@@ -241,21 +242,97 @@ impl World {
         } else {
             held
         };
-        let len = f64::from(self.lens[gid as usize]);
-        let cap = if self.stalled(server, client) {
-            0.0
-        } else {
-            self.path_cap(server, client)
-        };
-        let t = self.t;
         let tr = Transfer {
             client,
             gid,
             token,
             inc,
+            slot: true,
+            tail: 0,
         };
+        self.pairs
+            .entry((server, client))
+            .or_default()
+            .queue
+            .push_back(tr);
+        self.pump_pair(server, client);
+    }
+
+    /// Starts the next transfer waiting on connection (server, client)
+    /// when none is crossing. Its upload slot is freed once at most
+    /// `slot_release_kib` of it are left: at once for a chunk that small
+    /// (the daemon's response is then written into the stream), else when
+    /// the head of the chunk has crossed.
+    pub(crate) fn pump_pair(&mut self, server: HostId, client: HostId) {
+        let key = (server, client);
+        let Some(p) = self.pairs.get_mut(&key) else {
+            return;
+        };
+        if p.active {
+            return;
+        }
+        let Some(mut tr) = p.queue.pop_front() else {
+            self.pairs.remove(&key);
+            return;
+        };
+        p.active = true;
+        let len = self.lens[tr.gid as usize];
+        let release = self.sc.swarm.slot_release_kib.saturating_mul(1024);
+        if release > 0 && len <= release {
+            self.hosts[server as usize].gate.finished();
+            tr.slot = false;
+        } else if release > 0 {
+            tr.tail = release;
+        }
+        self.add_flow(server, f64::from(len - tr.tail), tr);
+    }
+
+    /// Connection (server, client) has nothing crossing any more.
+    fn pair_idle(&mut self, server: HostId, client: HostId) {
+        if let Some(p) = self.pairs.get_mut(&(server, client)) {
+            p.active = false;
+        }
+        self.pump_pair(server, client);
+    }
+
+    /// Forgets the transfers waiting on connection (server, client) that
+    /// `hit` selects (cancelled, or the connection is gone); their slots
+    /// are freed.
+    pub(crate) fn drop_waiting(
+        &mut self,
+        server: HostId,
+        client: HostId,
+        mut hit: impl FnMut(&Transfer) -> bool,
+    ) {
+        let key = (server, client);
+        let Some(p) = self.pairs.get_mut(&key) else {
+            return;
+        };
+        let mut freed = 0;
+        p.queue.retain(|tr| {
+            let gone = hit(tr);
+            if gone && tr.slot {
+                freed += 1;
+            }
+            !gone
+        });
+        if !p.active && p.queue.is_empty() {
+            self.pairs.remove(&key);
+        }
+        for _ in 0..freed {
+            self.hosts[server as usize].gate.finished();
+        }
+    }
+
+    fn add_flow(&mut self, server: HostId, bytes: f64, tr: Transfer) {
+        let cap = if self.stalled(server, tr.client) {
+            0.0
+        } else {
+            self.path_cap(server, tr.client)
+        };
+        let t = self.t;
         self.net
-            .add(t, server as usize, client as usize, len, cap, tr);
+            .add(t, server as usize, tr.client as usize, bytes, cap, tr);
     }
 
     pub(crate) fn finish_flow(&mut self, id: crate::bandwidth::FlowId) {
@@ -264,7 +341,20 @@ impl World {
             return;
         };
         let (server, tr) = (f.from as HostId, f.payload);
-        self.hosts[server as usize].gate.finished();
+        if tr.slot {
+            self.hosts[server as usize].gate.finished();
+        }
+        if tr.tail > 0 {
+            // The head crossed: the slot is free, the last bytes follow.
+            let rest = Transfer {
+                slot: false,
+                tail: 0,
+                ..tr
+            };
+            self.add_flow(server, f64::from(tr.tail), rest);
+            return;
+        }
+        self.pair_idle(server, tr.client);
         let len = u64::from(self.lens[tr.gid as usize]);
         let class = self.class(server, tr.client);
         self.counters.by_class[class] += len;
@@ -294,8 +384,14 @@ impl World {
     pub(crate) fn drop_flow(&mut self, id: crate::bandwidth::FlowId) {
         let t = self.t;
         if let Some(f) = self.net.remove(t, id) {
-            self.hosts[f.from].gate.finished();
-            let sent = f64::from(self.lens[f.payload.gid as usize]) - f.remaining_at(t);
+            if f.payload.slot {
+                self.hosts[f.from].gate.finished();
+            }
+            // A head flow is the chunk less its tail; a tail or whole flow
+            // ends the chunk.
+            let sent =
+                f64::from(self.lens[f.payload.gid as usize] - f.payload.tail) - f.remaining_at(t);
+            self.pair_idle(f.from as HostId, f.payload.client);
             self.counters.wasted += sent.max(0.0) as u64;
         }
     }

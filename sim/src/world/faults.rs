@@ -105,6 +105,8 @@ impl World {
     }
 
     fn drop_flows_between(&mut self, a: HostId, b: HostId) {
+        self.drop_waiting(a, b, |_| true);
+        self.drop_waiting(b, a, |_| true);
         for id in self.flows_between(a, b) {
             self.drop_flow(id);
         }
@@ -187,6 +189,15 @@ impl World {
             if *tok != 0 {
                 self.copies[g] -= 1;
             }
+        }
+        let conns: Vec<(HostId, HostId)> = self
+            .pairs
+            .keys()
+            .filter(|(s, c)| *s == host || *c == host)
+            .copied()
+            .collect();
+        for (s, c) in conns {
+            self.drop_waiting(s, c, |_| true);
         }
         for id in self.net.flows_of(host as usize) {
             self.drop_flow(id);
