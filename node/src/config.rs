@@ -94,10 +94,11 @@ pub struct NodeConfig {
     pub max_uploads: usize,
     /// Chunk downloads outstanding at once (not counting endgame duplicates).
     /// Default 6. Fewer downloads at once let each chunk finish, verify and
-    /// be served on early (the simulator's optimum is 2); but every request
-    /// costs a round trip, the server's read and a new yamux stream that
-    /// starts at a 256 KiB window, so with 2 a node's link idles between
-    /// chunks. Fan-out benchmark, 8 hosts at 50 Mbit/s, 128 MiB: 1.96 x S/B
+    /// be served on early; but every request costs a round trip, the
+    /// server's read and a new yamux stream that starts at a 256 KiB
+    /// window, so with 2 a node's link idles between chunks (the flow
+    /// simulator, bench-8 at 200 Mbit/s: 1.53 x S/B with 2, 1.16 with 4,
+    /// 1.17 with 6, 1.28 with 8). Fan-out benchmark, 8 hosts at 50 Mbit/s, 128 MiB: 1.96 x S/B
     /// with 2, 1.54 with 4, 1.45 with 6, 1.44 with 8, 1.42 with 16
     /// (`docs/performance.md`).
     pub max_downloads: usize,

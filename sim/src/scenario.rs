@@ -266,9 +266,9 @@ pub struct SwarmKnobs {
     pub max_peers: u32,
     /// Uploads served at once; more are answered `Busy` (default 2, the daemon's `max_uploads`).
     pub upload_slots: u32,
-    /// Downloads at once (default 2, the flow tier's optimum; the daemon's
-    /// `max_downloads` defaults to 6 because the flow tier has no per-request
-    /// cost: see `docs/simulator.md`, "Fidelity").
+    /// Downloads at once (default 2, with which the drills' bounds were
+    /// set; the daemon's `max_downloads` defaults to 6, which the fidelity
+    /// scenarios use: see `docs/simulator.md`, "Fidelity").
     pub download_slots: u32,
     /// How often a node pushes new `Have`s (default 100 ms, the daemon's `have_interval_ms`).
     pub announce_interval_ms: f64,
