@@ -16,7 +16,8 @@
 //!
 //! # Tiers
 //!
-//! This crate is the **flow tier**: transfers are fluid flows, and the node's
+//! This crate is the **flow tier**: transfers are fluid flows (one at a
+//! time per server-client pair, as the bytes of one connection), and the node's
 //! I/O behaviour around the core (serving with `Busy` beyond its upload
 //! slots, `Have` pushes every 100 ms, verification before storing,
 //! materialization, supersession by newer versions, reconnects) is modelled in
