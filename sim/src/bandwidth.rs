@@ -37,6 +37,8 @@ pub struct Flow<T> {
     /// The fill that set `rate` (unique over the network's life, so a
     /// finish entry of an earlier flow in a reused slot never matches).
     generation: u64,
+    /// When it finishes at `rate` (its live finish entry), if it moves.
+    finish_at: Option<u64>,
     /// What the caller attached to the flow.
     pub payload: T,
 }
@@ -64,6 +66,8 @@ pub struct Network<T> {
     /// Per resource: the epoch of the last component walk that visited it.
     seen: Vec<u32>,
     epoch: u32,
+    /// Per resource: its dense index in the current fill.
+    local: Vec<u32>,
     live: usize,
     /// Resources visited by recomputations so far (a cost counter).
     pub work: u64,
@@ -94,6 +98,7 @@ impl<T> Network<T> {
             dirty: Vec::new(),
             seen: vec![0; 2 * n],
             epoch: 0,
+            local: vec![0; 2 * n],
             live: 0,
             work: 0,
         }
@@ -117,6 +122,22 @@ impl<T> Network<T> {
     /// Flows received by `host`.
     pub fn downloads(&self, host: usize) -> usize {
         self.downs[host].len()
+    }
+
+    /// Whether `host`'s upload (`up`) or download carries at least 95 % of
+    /// its capacity: a FIFO in front of it then holds a standing queue.
+    pub fn saturated(&self, host: usize, up: bool) -> bool {
+        let (list, cap) = if up {
+            (&self.ups[host], self.up_cap[host])
+        } else {
+            (&self.downs[host], self.down_cap[host])
+        };
+        let load: f64 = list
+            .iter()
+            .filter_map(|i| self.flows[*i as usize].as_ref())
+            .map(|f| f.rate)
+            .sum();
+        cap > 0.0 && load >= 0.95 * cap
     }
 
     /// The flow, if it still exists.
@@ -176,6 +197,7 @@ impl<T> Network<T> {
             cap,
             updated: t,
             generation: 0,
+            finish_at: None,
             payload,
         };
         let id = match self.free.pop() {
@@ -269,86 +291,132 @@ impl<T> Network<T> {
     }
 
     /// Progressive filling over the given flows (a union of whole components).
+    ///
+    /// Dense local indices, per resource its capacity left and its count of
+    /// unfrozen flows, and a heap of fair shares whose stale entries are
+    /// recognised by a per-resource version: O(F log F) for F flows.
     fn fill(&mut self, t: u64, comp: &[u32]) {
-        use std::collections::BTreeMap;
-        // Resource -> (capacity left, unfrozen flows); flow caps are resources of their own.
-        let mut res: BTreeMap<usize, (f64, Vec<u32>)> = BTreeMap::new();
         self.fills += 1;
         let generation = self.fills;
+        // Local resource index per global resource (valid where `mark` is this fill's epoch).
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let mut global: Vec<usize> = Vec::new();
+        let mut ends: Vec<[u32; 2]> = Vec::with_capacity(comp.len());
         for &i in comp {
             let f = self.flows[i as usize]
                 .as_mut()
                 .expect("component flow exists");
             f.remaining = f.remaining_at(t);
             f.updated = t;
-            f.generation = generation;
-            let (a, b) = (up(f.from), down(f.to));
-            let (ca, cb) = (self.up_cap[f.from], self.down_cap[f.to]);
-            res.entry(a).or_insert((ca, Vec::new())).1.push(i);
-            res.entry(b).or_insert((cb, Vec::new())).1.push(i);
+            let mut e = [0u32; 2];
+            for (k, r) in [up(f.from), down(f.to)].into_iter().enumerate() {
+                if self.seen[r] != epoch {
+                    self.seen[r] = epoch;
+                    self.local[r] = global.len() as u32;
+                    global.push(r);
+                }
+                e[k] = self.local[r];
+            }
+            ends.push(e);
         }
-        let mut frozen: BTreeMap<u32, f64> = BTreeMap::new();
-        let mut heap: BinaryHeap<Reverse<(Share, usize)>> = res
+        let nr = global.len();
+        let mut cap: Vec<f64> = global
             .iter()
-            .map(|(r, (cap, fl))| Reverse((Share(cap / fl.len() as f64), *r)))
+            .map(|&r| {
+                if r.is_multiple_of(2) {
+                    self.up_cap[r / 2]
+                } else {
+                    self.down_cap[r / 2]
+                }
+            })
+            .collect();
+        // Flows of each resource, as compressed rows.
+        let mut left = vec![0u32; nr];
+        for e in &ends {
+            left[e[0] as usize] += 1;
+            left[e[1] as usize] += 1;
+        }
+        let mut start = vec![0usize; nr + 1];
+        for r in 0..nr {
+            start[r + 1] = start[r] + left[r] as usize;
+        }
+        let mut fill_at = start.clone();
+        let mut rows = vec![0u32; start[nr]];
+        for (j, e) in ends.iter().enumerate() {
+            for r in *e {
+                rows[fill_at[r as usize]] = j as u32;
+                fill_at[r as usize] += 1;
+            }
+        }
+        let mut version = vec![0u32; nr];
+        let mut heap: BinaryHeap<Reverse<(Share, usize, u32)>> = (0..nr)
+            .map(|r| Reverse((Share(cap[r] / f64::from(left[r])), r, 0)))
             .collect();
         // Per-flow caps: a flow whose own cap is below every share freezes at its cap.
         let mut capped: Vec<(Share, u32)> = comp
             .iter()
-            .filter_map(|i| {
+            .enumerate()
+            .filter_map(|(j, i)| {
                 let c = self.flows[*i as usize].as_ref().map(|f| f.cap)?;
-                c.is_finite().then_some((Share(c), *i))
+                c.is_finite().then_some((Share(c), j as u32))
             })
             .collect();
         capped.sort();
         let mut capped = capped.into_iter().peekable();
-        while let Some(Reverse((Share(share), r))) = heap.pop() {
-            let (cap, list) = &res[&r];
-            let unfrozen: Vec<u32> = list
-                .iter()
-                .copied()
-                .filter(|i| !frozen.contains_key(i))
-                .collect();
-            if unfrozen.is_empty() {
+        let mut rate: Vec<Option<f64>> = vec![None; comp.len()];
+        let mut batch: Vec<(u32, f64)> = Vec::new();
+        while let Some(Reverse((Share(share), r, v))) = heap.pop() {
+            if v != version[r] || left[r] == 0 {
                 continue;
             }
-            let current = cap / unfrozen.len() as f64;
-            if (current - share).abs() > 1e-9 * share.max(1.0) {
-                heap.push(Reverse((Share(current), r)));
-                continue;
-            }
-            // A flow cap below this share freezes first.
-            let mut batch = Vec::new();
-            if let Some((Share(c), i)) = capped.peek().copied()
+            batch.clear();
+            if let Some((Share(c), j)) = capped.peek().copied()
                 && c < share
             {
                 capped.next();
-                if !frozen.contains_key(&i) {
-                    batch.push((i, c));
+                if rate[j as usize].is_none() {
+                    batch.push((j, c));
                 }
-                heap.push(Reverse((Share(share), r)));
+                heap.push(Reverse((Share(share), r, v)));
             } else {
-                batch.extend(unfrozen.iter().map(|i| (*i, share)));
+                batch.extend(
+                    rows[start[r]..start[r + 1]]
+                        .iter()
+                        .filter(|j| rate[**j as usize].is_none())
+                        .map(|j| (*j, share)),
+                );
             }
-            for (i, rate) in batch {
-                frozen.insert(i, rate);
-                let f = self.flows[i as usize].as_ref().expect("flow");
-                for rr in [up(f.from), down(f.to)] {
-                    let e = res.get_mut(&rr).expect("resource");
-                    e.0 = (e.0 - rate).max(0.0);
-                    let left = e.1.iter().filter(|j| !frozen.contains_key(j)).count();
-                    if left > 0 {
-                        heap.push(Reverse((Share(e.0 / left as f64), rr)));
+            for &(j, x) in &batch {
+                rate[j as usize] = Some(x);
+                for rr in ends[j as usize] {
+                    let rr = rr as usize;
+                    cap[rr] = (cap[rr] - x).max(0.0);
+                    left[rr] -= 1;
+                    version[rr] += 1;
+                    if left[rr] > 0 {
+                        heap.push(Reverse((
+                            Share(cap[rr] / f64::from(left[rr])),
+                            rr,
+                            version[rr],
+                        )));
                     }
                 }
             }
             self.work += 1;
         }
-        for (i, rate) in frozen {
+        for (j, &i) in comp.iter().enumerate() {
             let f = self.flows[i as usize].as_mut().expect("flow");
-            f.rate = rate;
-            if rate > 0.0 {
-                let at = t + (f.remaining / rate * 1e9).ceil() as u64;
+            let x = rate[j].unwrap_or(0.0);
+            let at = (x > 0.0).then(|| t + (f.remaining / x * 1e9).ceil() as u64);
+            if x == f.rate && f.generation != 0 && at == f.finish_at {
+                // Unchanged: its finish entry still holds.
+                continue;
+            }
+            f.rate = x;
+            f.generation = generation;
+            f.finish_at = at;
+            if let Some(at) = at {
                 self.finish.push(Reverse((at, i, f.generation)));
             }
         }
