@@ -513,6 +513,43 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_whose_rate_holds_keeps_its_finish_entry() {
+        // Host 0 uploads to 1..=4 at 25 each (its upload is the limit);
+        // 5 -> 6 shares nothing with them. Then 5 -> 1 joins 1's download
+        // (100 - 25 left): 0's flows keep their rates, so none of them needs
+        // a new finish entry, and the finish times stay right.
+        let mut n = Network::new(vec![100.0; 7], vec![100.0; 7]);
+        for to in 1..=4 {
+            n.add(0, 0, to, 100.0, f64::INFINITY, ());
+        }
+        n.settle(0);
+        assert_eq!(n.finish.len(), 4);
+        for k in 1..=10u64 {
+            let id = n.add(k, 5, 1, 1e9, 30.0, ());
+            n.settle(k);
+            n.remove(k, id);
+            n.settle(k);
+        }
+        // One entry per added flow at most; none for the four unchanged.
+        assert!(n.finish.len() <= 4 + 10, "{} entries", n.finish.len());
+        assert_eq!(n.next_finish().map(|x| x.0), Some(4_000_000_000));
+    }
+
+    #[test]
+    fn saturation_is_at_least_95_percent_of_the_rate() {
+        let mut n = Network::new(vec![100.0; 3], vec![100.0; 3]);
+        n.add(0, 0, 1, 1e6, 90.0, ());
+        n.settle(0);
+        assert!(!n.saturated(0, true) && !n.saturated(1, false));
+        n.add(0, 0, 2, 1e6, f64::INFINITY, ());
+        n.settle(0);
+        // 0's upload is shared: 50 each (the cap of 90 does not bind).
+        assert!(n.saturated(0, true), "0's upload carries 100");
+        assert!(!n.saturated(1, false), "1 receives 50 of 100");
+        assert!(!n.saturated(2, true), "2 sends nothing");
+    }
+
+    #[test]
     fn untouched_components_are_not_recomputed() {
         let mut n = Network::new(vec![100.0; 4], vec![100.0; 4]);
         n.add(0, 0, 1, 1e6, f64::INFINITY, ());

@@ -258,13 +258,19 @@ impl fmt::Display for Report {
         };
         writeln!(f, "  invariants: {safety}; {live}")?;
         writeln!(f, "  trace hash {:016x}", self.trace)?;
+        let rate = self.node_seconds_per_wall_second();
+        // Two significant digits at least: a fast network's run is below 1.
+        let digits = if rate >= 10.0 {
+            0
+        } else if rate >= 1.0 {
+            1
+        } else {
+            3
+        };
         write!(
             f,
-            "  {} events, {:.3} s simulated in {:.3} s wall = {:.0} simulated node-seconds per second",
-            c.events,
-            self.sim_s,
-            self.wall_s,
-            self.node_seconds_per_wall_second()
+            "  {} events, {:.3} s simulated in {:.3} s wall = {rate:.digits$} simulated node-seconds per second",
+            c.events, self.sim_s, self.wall_s,
         )
     }
 }

@@ -134,6 +134,13 @@ pub struct Link {
     /// The origin's, if different.
     #[serde(default)]
     pub origin_mbps: Option<f64>,
+    /// The delay a saturated link's FIFO adds to every byte and message that
+    /// crosses it, ms: a shaper's queue limit (TBF's `latency`) or a switch
+    /// buffer, which TCP flows keep full. A link counts as saturated while
+    /// its flows carry at least 95 % of its rate. 0 (the default): no
+    /// standing queue, as under fair queuing. See `docs/simulator.md`.
+    #[serde(default)]
+    pub queue_ms: f64,
 }
 
 /// The first version's content.
@@ -380,6 +387,12 @@ impl Scenario {
         if self.link.origin_mbps.is_some_and(|v| !rate_ok(v)) {
             return Err(bad("link.origin_mbps", "must be a positive rate in Mbit/s"));
         }
+        if !(self.link.queue_ms.is_finite() && (0.0..=10_000.0).contains(&self.link.queue_ms)) {
+            return Err(bad(
+                "link.queue_ms",
+                "must be a delay from 0 to 10000 ms (0: no standing queue)",
+            ));
+        }
         if !(self.checkpoint.size_mib.is_finite() && self.checkpoint.size_mib > 0.0) {
             return Err(bad("checkpoint.size_mib", "must be positive"));
         }
@@ -598,6 +611,10 @@ faults:
                 "versions[0].rewrite",
             ),
             (FULL.replace("mbps: 200", "mbps: -1"), "link.mbps"),
+            (
+                FULL.replace("mbps: 200", "mbps: 200, queue_ms: -5"),
+                "link.queue_ms",
+            ),
         ];
         for (text, key) in cases {
             match Scenario::parse(&text) {

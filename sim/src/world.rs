@@ -553,9 +553,26 @@ impl World {
         })
     }
 
-    /// Latency plus, with loss, one retransmission timeout now and then.
+    /// What the FIFOs of `a`'s upload and `b`'s download add now, ns: the
+    /// scenario's `link.queue_ms` for each that is saturated.
+    pub(crate) fn queue_delay(&self, a: HostId, b: HostId) -> u64 {
+        let q = self.sc.link.queue_ms;
+        if q <= 0.0 || a == b {
+            return 0;
+        }
+        let full = u64::from(self.net.saturated(a as usize, true))
+            + u64::from(self.net.saturated(b as usize, false));
+        full * ms(q)
+    }
+
+    /// Latency and queueing from `a` to `b` now, ns.
+    pub(crate) fn path_delay(&self, a: HostId, b: HostId) -> u64 {
+        self.latency(a, b) + self.queue_delay(a, b)
+    }
+
+    /// Path delay plus, with loss, one retransmission timeout now and then.
     pub(crate) fn msg_delay(&mut self, a: HostId, b: HostId) -> u64 {
-        let mut d = self.latency(a, b);
+        let mut d = self.path_delay(a, b);
         if self.loss > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < self.loss {
             d += ms(200.0);
         }
@@ -827,7 +844,7 @@ impl World {
             }
             Action::Cancel { peer, chunk } => {
                 let gid = gid(chunk);
-                let at = self.t + self.latency(host, peer);
+                let at = self.t + self.path_delay(host, peer);
                 self.push(
                     at,
                     Ev::Cancel {

@@ -337,6 +337,11 @@ impl World {
 
     pub(crate) fn finish_flow(&mut self, id: crate::bandwidth::FlowId) {
         let t = self.t;
+        // The last byte still drains the queues it entered while they were full.
+        let queued = self
+            .net
+            .get(id)
+            .map_or(0, |f| self.queue_delay(f.from as HostId, f.to as HostId));
         let Some(f) = self.net.remove(t, id) else {
             return;
         };
@@ -367,7 +372,7 @@ impl World {
         if server == ORIGIN {
             self.counters.origin_egress += len;
         }
-        let at = self.t + self.latency(server, tr.client);
+        let at = self.t + self.latency(server, tr.client) + queued;
         self.push(
             at,
             Ev::Arrive {
@@ -480,7 +485,7 @@ impl World {
             if p != ORIGIN && self.linked(host, p) {
                 let inc = self.hosts[p as usize].incarnation;
                 groups
-                    .entry(self.latency(host, p))
+                    .entry(self.path_delay(host, p))
                     .or_default()
                     .push((p, inc));
             }

@@ -154,3 +154,25 @@ fn no_node_completes_faster_than_its_link() {
         );
     }
 }
+
+#[test]
+fn a_standing_queue_delays_what_crosses_a_saturated_link() {
+    let sc = |q: f64| {
+        Scenario::parse(&format!(
+            "name: q\nnodes: 3\nlink: {{mbps: 200, queue_ms: {q}}}\ncheckpoint: {{size_mib: 8}}\n"
+        ))
+        .expect("scenario")
+    };
+    let (_, fifo) = run(sc(100.0), 1, |_| {});
+    let (_, fair) = run(sc(0.0), 1, |_| {});
+    assert!(fifo.passed() && fair.passed(), "{fifo}\n{fair}");
+    let slowest = |r: &Report| r.completion.iter().copied().fold(0.0f64, f64::max);
+    // Every chunk's last byte leaves a saturated upload: at least one
+    // queue (100 ms) on the critical path, and requests wait too.
+    assert!(
+        slowest(&fifo) >= slowest(&fair) + 0.1,
+        "with a 100 ms queue {:.3} s, without {:.3} s",
+        slowest(&fifo),
+        slowest(&fair)
+    );
+}
