@@ -9,7 +9,7 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use crate::ChunkIdx;
-use crate::peer::{FAR, PeerState};
+use crate::peer::{EWMA_ALPHA, FAR, PeerState};
 use crate::policy::{SelectionPolicy, TieredRandom};
 use crate::rng::SplitMix64;
 
@@ -71,6 +71,20 @@ pub struct FetchConfig {
     /// late. Raise it for links with a large bandwidth-delay product.
     /// Values below 1 are treated as 1.
     pub download_slots: usize,
+    /// Grow the window beyond `download_slots` by the requests that cover
+    /// two round trips at the measured delivery rate (default true):
+    /// `download_slots + round(2 × rate × round_trip / mean chunk length)`,
+    /// at most `max_in_flight_total`. A request spends a round trip before
+    /// its first byte moves: without this, a window of a few chunks caps
+    /// the rate at about `window × chunk / round trip` on a path whose
+    /// bandwidth-delay product is larger (deep switch buffers, far peers,
+    /// fast links). Two round trips rather than one because the rate is
+    /// measured under the current window, so one would only hold it. The
+    /// round trip is measured on the answers that carry no chunk (`Busy`,
+    /// `NotFound`), so it includes the queues a request crosses; the rate
+    /// over the last 16 deliveries. Until both are measured the window is
+    /// `download_slots`; on a short round trip the extra rounds to 0.
+    pub cover_round_trip: bool,
     /// `NotFound` answers for chunks a peer announced (`PeerHas` /
     /// `PeerHasAll`: a lying announcement) that count as one strike
     /// ([`REASON_LYING`]) (default 3). An honest peer that garbage-collected
@@ -96,6 +110,7 @@ impl Default for FetchConfig {
             busy_backoff: Duration::from_millis(10),
             rarest_window: 4,
             download_slots: 2,
+            cover_round_trip: true,
             max_lies: 3,
         }
     }
@@ -329,6 +344,9 @@ pub const REASON_CORRUPT: &str = "corrupt chunk";
 /// [`FetchConfig::max_lies`] chunks it had announced.
 pub const REASON_LYING: &str = "announced chunks it does not have";
 
+/// Deliveries over which a fetch measures its rate.
+const DELIVERY_SPAN: usize = 16;
+
 /// Sans-IO scheduler for the download of one version by one node.
 ///
 /// Feed it [`Input`]s with [`handle`](Self::handle), call
@@ -383,6 +401,10 @@ pub struct Fetch<P> {
     remote_wakeup: Option<Instant>,
     rng: SplitMix64,
     policy: Box<dyn SelectionPolicy>,
+    /// The last [`DELIVERY_SPAN`] deliveries of requested chunks (time, length).
+    deliveries: VecDeque<(Instant, u32)>,
+    /// Round trip of answers without a chunk (EWMA).
+    round_trip: Option<Duration>,
 }
 
 impl<P: Clone + Eq + Hash + Ord + fmt::Debug> fmt::Debug for Fetch<P> {
@@ -466,6 +488,8 @@ where
             remote_wakeup: None,
             rng,
             policy,
+            deliveries: VecDeque::new(),
+            round_trip: None,
         };
         fetch.maybe_complete();
         fetch
@@ -757,6 +781,10 @@ where
         let s = self.slot_of.get(&peer).copied();
         if let Some((s, sent)) = s.and_then(|s| Some((s, self.sent_to(chunk, s)?))) {
             self.peers[s as usize].record_answer(now, sent, u64::from(self.lens[i]));
+            if self.deliveries.len() == DELIVERY_SPAN {
+                self.deliveries.pop_front();
+            }
+            self.deliveries.push_back((now, self.lens[i]));
         }
         // A late answer (after a timeout, or from a peer not asked) still
         // counts: the data was verified against its hash.
@@ -773,6 +801,9 @@ where
     /// outstanding, and returns the chunk to `Needed` if it was the last one.
     fn answered(&mut self, now: Instant, s: u32, chunk: ChunkIdx, bytes: u64) {
         if let Some(sent) = self.sent_to(chunk, s) {
+            if bytes == 0 {
+                self.note_round_trip(now, sent);
+            }
             self.peers[s as usize].record_answer(now, sent, bytes);
             self.take_request(chunk, s);
         }
@@ -874,9 +905,10 @@ where
         let Some(&s) = self.slot_of.get(&peer) else {
             return;
         };
-        if self.sent_to(chunk, s).is_none() {
+        let Some(sent) = self.sent_to(chunk, s) else {
             return;
-        }
+        };
+        self.note_round_trip(now, sent);
         self.take_request(chunk, s);
         let max = self.config.busy_backoff;
         let st = &mut self.peers[s as usize];
@@ -885,6 +917,42 @@ where
             Duration::from_secs_f64((self.mean_len / r).min(1e6)).min(max)
         });
         st.busy_until = Some(now + backoff);
+    }
+
+    /// An answer without a chunk to a request sent at `sent`.
+    fn note_round_trip(&mut self, now: Instant, sent: Instant) {
+        let rtt = now.saturating_duration_since(sent);
+        self.round_trip = Some(self.round_trip.map_or(rtt, |old| {
+            old.mul_f64(1.0 - EWMA_ALPHA) + rtt.mul_f64(EWMA_ALPHA)
+        }));
+    }
+
+    /// Requests outstanding at most now: `min(download_slots,
+    /// max_in_flight_total)`, plus two round trips' worth at the measured
+    /// delivery rate ([`FetchConfig::cover_round_trip`]).
+    pub fn window(&self) -> usize {
+        let c = &self.config;
+        let base = c.max_in_flight_total.min(c.download_slots);
+        let extra = match (c.cover_round_trip, self.delivery_rate(), self.round_trip) {
+            (true, Some(r), Some(rtt)) => (2.0 * r * rtt.as_secs_f64() / self.mean_len)
+                .round()
+                .min(1e6) as usize,
+            _ => 0,
+        };
+        (base + extra).min(c.max_in_flight_total)
+    }
+
+    /// Bytes per second over the last deliveries (at least 4 of them, over a
+    /// span of time): the bytes after the first over the time they took.
+    fn delivery_rate(&self) -> Option<f64> {
+        if self.deliveries.len() < 4 {
+            return None;
+        }
+        let (t0, _) = *self.deliveries.front()?;
+        let (t1, _) = *self.deliveries.back()?;
+        let secs = t1.saturating_duration_since(t0).as_secs_f64();
+        let bytes: u64 = self.deliveries.iter().skip(1).map(|d| u64::from(d.1)).sum();
+        (secs > 0.0).then(|| bytes as f64 / secs)
     }
 
     fn on_failed(&mut self, now: Instant, peer: P, chunk: ChunkIdx) {

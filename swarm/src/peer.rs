@@ -18,7 +18,7 @@ use crate::policy::Tier;
 pub(crate) const FAR: u8 = 4;
 
 /// Weight of a new sample in the rate and latency EWMAs.
-const EWMA_ALPHA: f64 = 0.25;
+pub(crate) const EWMA_ALPHA: f64 = 0.25;
 
 /// A fixed-size set of chunk indices.
 #[derive(Clone, Debug, Default)]

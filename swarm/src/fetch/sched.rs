@@ -163,10 +163,7 @@ where
         } else {
             Some(self.focus.take()?)
         };
-        let cap = self
-            .config
-            .max_in_flight_total
-            .min(self.config.download_slots);
+        let cap = self.window();
         if self.in_flight < cap {
             let pick = match self.pick_needed(now, focus.as_deref()) {
                 Some(p) => {

@@ -1,3 +1,4 @@
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -702,4 +703,43 @@ fn a_stalling_peer_is_dropped_from_the_candidates_for_that_chunk() {
     assert_eq!(t2, t1 + f.config().lack_ttl);
     f.handle_timeout(t2);
     assert_eq!(requests(&drain(&mut f, t2)), vec![("stall", ChunkIdx(0))]);
+}
+
+/// A round trip of 100 ms and deliveries at 10 MB/s: two round trips hold
+/// 2 MB, 20 chunks of 100 kB, on top of the 2 download slots.
+#[test]
+fn the_window_grows_to_cover_the_round_trip() {
+    let run = |cover: bool| {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let cfg = FetchConfig {
+            download_slots: 2,
+            cover_round_trip: cover,
+            ..FetchConfig::default()
+        };
+        let mut f: F = Fetch::new(cfg, vec![100_000; 400], 7);
+        for p in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            connect(&mut f, t0, p, true);
+        }
+        let mut out: VecDeque<(&'static str, ChunkIdx)> = requests(&drain(&mut f, t0)).into();
+        assert_eq!(out.len(), 2);
+        assert_eq!(f.window(), 2, "nothing measured yet");
+        // The first answer comes 100 ms later and carries no chunk.
+        let (p, c) = out.pop_front().expect("a request");
+        let mut now = t0 + ms(100);
+        f.handle(now, Input::Busy { peer: p, chunk: c });
+        out.extend(requests(&drain(&mut f, now)));
+        // Then one chunk every 10 ms, oldest request first.
+        for _ in 0..40 {
+            now += ms(10);
+            let (p, c) = out.pop_front().expect("a request outstanding");
+            f.handle(now, Input::Verified { peer: p, chunk: c });
+            out.extend(requests(&drain(&mut f, now)));
+        }
+        (f.window(), out.len())
+    };
+    assert_eq!(run(false), (2, 2));
+    let (window, outstanding) = run(true);
+    assert_eq!(window, 22);
+    assert!(outstanding > 10, "{outstanding} outstanding");
 }
