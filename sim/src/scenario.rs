@@ -298,6 +298,10 @@ pub struct SwarmKnobs {
     /// written before they are delivered. 256 models that (the fidelity
     /// scenarios set it); see `docs/simulator.md`, "Fidelity".
     pub slot_release_kib: u32,
+    /// `FetchConfig::cover_round_trip`: the download window grows by two
+    /// round trips' worth of requests at the measured rate (default true,
+    /// as the daemon).
+    pub cover_round_trip: bool,
 }
 
 impl Default for SwarmKnobs {
@@ -312,6 +316,7 @@ impl Default for SwarmKnobs {
             remote_wait_ms: None,
             origin_resend_ms: None,
             slot_release_kib: 0,
+            cover_round_trip: true,
         }
     }
 }

@@ -356,6 +356,7 @@ impl World {
         let defaults = FetchConfig::default();
         let fetch_config = FetchConfig {
             download_slots: sc.swarm.download_slots as usize,
+            cover_round_trip: sc.swarm.cover_round_trip,
             remote_wait: sc
                 .swarm
                 .remote_wait_ms

@@ -123,3 +123,30 @@ fn probe() {
         );
     }
 }
+
+/// Behind a full 50 ms queue a request's round trip is about 200 ms, so 6
+/// requests of 256 KiB in flight carry 8 MB/s of a 25 MB/s link; the
+/// window that covers the measured round trip keeps the link busy.
+#[test]
+fn the_download_window_covers_a_deep_queue() {
+    let sc = |cover: bool| {
+        let mut sc = scenario(
+            7,
+            1,
+            &format!(
+                "swarm: {{download_slots: 6, slot_release_kib: 256, \
+                 announce_interval_ms: 100, cover_round_trip: {cover}}}"
+            ),
+        );
+        sc.link.queue_ms = 50.0;
+        sc
+    };
+    let fixed = run(sc(false), 1);
+    let covered = run(sc(true), 1);
+    assert!(
+        covered.max_over_s_b() * 1.25 <= fixed.max_over_s_b(),
+        "covering the round trip {:.3} x S/B, fixed window {:.3}",
+        covered.max_over_s_b(),
+        fixed.max_over_s_b()
+    );
+}
