@@ -119,8 +119,17 @@ pub struct VersionStatus {
     pub error: Option<String>,
 }
 
-/// A status request from the socket to the daemon loop.
-pub type StatusRequest = oneshot::Sender<Status>;
+/// A status request from the socket (or an embedding harness) to the daemon loop.
+#[derive(Debug)]
+pub struct StatusRequest {
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Status>,
+    /// Leave out the per-peer list and the listen addresses (every peer id
+    /// formatted in base58, every address as text): for callers that poll
+    /// progress often, like the simulator's observer every 5 ms of
+    /// simulated time on every host.
+    pub brief: bool,
+}
 
 /// A `limit` command: new limits in Mbit/s (0 = unlimited) and/or mode;
 /// `None` keeps the current value.
@@ -208,7 +217,7 @@ async fn handle(
             },
             Ok(c) if c.cmd == "status" => {
                 let (otx, orx) = oneshot::channel();
-                if tx.send(otx).await.is_err() {
+                if tx.send(StatusRequest { reply: otx, brief: false }).await.is_err() {
                     break;
                 }
                 match orx.await {

@@ -645,7 +645,7 @@ impl Daemon {
                 }
                 Some(r) = self.rebuilt_rx.recv() => self.on_rebuilt(r),
                 Some((root, r)) = self.mat_rx.recv() => self.on_materialized(root, r),
-                Some(req) = self.status_rx.recv() => { let _ = req.send(self.status()); }
+                Some(req) = self.status_rx.recv() => { let _ = req.reply.send(self.status(req.brief)); }
                 _ = tick.tick() => self.housekeeping(),
                 _ = have_tick.tick() => self.flush_have(),
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timeout(),

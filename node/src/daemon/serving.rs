@@ -344,7 +344,9 @@ impl Daemon {
         }
     }
 
-    pub(super) fn status(&self) -> Status {
+    /// The daemon's status; `brief` leaves out peers and listen addresses
+    /// (see [`control::StatusRequest::brief`]).
+    pub(super) fn status(&self, brief: bool) -> Status {
         let now = now();
         let channels = self
             .followed_channels()
@@ -408,20 +410,27 @@ impl Daemon {
         Status {
             role: if self.seed.is_some() { "seed" } else { "node" }.into(),
             peer_id: self.swarm.local_peer_id().to_string(),
-            listen_addrs: self.swarm.listeners().map(|a| a.to_string()).collect(),
+            listen_addrs: if brief {
+                Vec::new()
+            } else {
+                self.swarm.listeners().map(|a| a.to_string()).collect()
+            },
             metrics_addr: self.metrics_addr.map(|a| a.to_string()),
-            peers: self
-                .swarm
-                .connected_peers()
-                .map(|p| PeerStatus {
-                    id: p.to_string(),
-                    addrs: self
-                        .peers
-                        .get(p)
-                        .map(|i| i.addrs.iter().map(|a| a.to_string()).collect())
-                        .unwrap_or_default(),
-                })
-                .collect(),
+            peers: if brief {
+                Vec::new()
+            } else {
+                self.swarm
+                    .connected_peers()
+                    .map(|p| PeerStatus {
+                        id: p.to_string(),
+                        addrs: self
+                            .peers
+                            .get(p)
+                            .map(|i| i.addrs.iter().map(|a| a.to_string()).collect())
+                            .unwrap_or_default(),
+                    })
+                    .collect()
+            },
             channels,
             bytes_served: self.metrics.bytes_served.load(Relaxed),
             bytes_fetched: self.metrics.bytes_fetched.load(Relaxed),

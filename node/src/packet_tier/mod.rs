@@ -310,7 +310,14 @@ async fn host_main(sh: Rc<Shared>, i: usize) -> Result<(), Box<dyn std::error::E
         loop {
             tokio::time::sleep(Duration::from_millis(OBSERVE_MS)).await;
             let (tx, rx) = tokio::sync::oneshot::channel();
-            if status.send(tx).await.is_err() {
+            if status
+                .send(crate::control::StatusRequest {
+                    reply: tx,
+                    brief: true,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
             let Ok(s) = rx.await else { return };

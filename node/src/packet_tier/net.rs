@@ -130,6 +130,9 @@ pub struct Nic {
     rate: f64,
     conns: Mutex<BTreeMap<ConnKey, Arc<Mutex<Conn>>>>,
     traffic: Arc<Traffic>,
+    /// Read buffer of [`Conn::receive`], kept instead of allocated and
+    /// zeroed per connection per step.
+    scratch: Mutex<Vec<u8>>,
 }
 
 impl Nic {
@@ -139,6 +142,7 @@ impl Nic {
             rate: mbps * 1e6 / 8.0,
             conns: Mutex::new(BTreeMap::new()),
             traffic,
+            scratch: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&nic);
         tokio::spawn(async move {
@@ -194,6 +198,7 @@ impl Nic {
             map.values().cloned().collect()
         };
         let mut left = budget.floor() as usize;
+        let mut scratch = self.scratch.lock().expect("nic scratch lock");
         let mut active: Vec<usize> = (0..conns.len()).collect();
         while left > 0 && !active.is_empty() {
             let share = (left / active.len()).max(1);
@@ -208,7 +213,7 @@ impl Nic {
                     if up {
                         c.send(step, quota, &self.traffic)
                     } else {
-                        c.receive(quota)
+                        c.receive(quota, &mut scratch)
                     }
                 };
                 left -= moved;
@@ -273,10 +278,14 @@ impl Conn {
     }
 
     /// Takes up to `quota` arrived bytes into the receive buffer.
-    fn receive(&mut self, quota: usize) -> usize {
+    /// `buf` is the NIC's scratch space, reused across connections and steps.
+    fn receive(&mut self, quota: usize, buf: &mut Vec<u8>) -> usize {
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let mut buf = vec![0u8; quota];
+        if buf.len() < quota {
+            buf.resize(quota, 0);
+        }
+        let buf = &mut buf[..quota];
         let mut got = 0;
         // turmoil hands out one segment per read: read until the quota is
         // met or nothing more has arrived.
@@ -338,9 +347,11 @@ impl futures::AsyncRead for Io {
         let mut c = self.conn.lock().expect("conn lock");
         if !c.rx.is_empty() {
             let n = buf.len().min(c.rx.len());
-            for (d, s) in buf.iter_mut().zip(c.rx.drain(..n)) {
-                *d = s;
-            }
+            let (a, b) = c.rx.as_slices();
+            let k = n.min(a.len());
+            buf[..k].copy_from_slice(&a[..k]);
+            buf[k..n].copy_from_slice(&b[..n - k]);
+            c.rx.drain(..n);
             return Poll::Ready(Ok(n));
         }
         if let Some(k) = c.error {
