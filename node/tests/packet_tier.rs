@@ -139,7 +139,10 @@ fn check_chaos(name: &str, sc: &sim::Scenario, seed: u64) -> sim::Report {
 fn the_30_node_chaos_drill_passes() {
     let r = check_chaos("chaos-packet-30.yaml", &load("chaos-packet-30.yaml"), 1);
     println!("{r}");
-    assert!(r.counters.rejected > 0, "nobody asked the Byzantine node? {r}");
+    assert!(
+        r.counters.rejected > 0,
+        "nobody asked the Byzantine node? {r}"
+    );
 }
 
 /// Issue 4's drill suite at the packet tier: 100 seeds of the 30-node chaos
@@ -177,7 +180,10 @@ fn chaos_packet_30_one_hundred_seeds() {
     let worst = reports.iter().map(|r| r.max_over_s_b()).fold(0.0, f64::max);
     let rejected: u64 = reports.iter().map(|r| r.counters.rejected).sum();
     let checks: u64 = reports.iter().map(|r| r.counters.safety_checks).sum();
-    let origin = reports.iter().map(|r| r.origin_over_s()).fold(0.0, f64::max);
+    let origin = reports
+        .iter()
+        .map(|r| r.origin_over_s())
+        .fold(0.0, f64::max);
     println!(
         "chaos-packet-30: 100 seeds passed in {:.0} s of wall on {threads} threads; \
          slowest completion {worst:.3} x S/B; origin egress at most {origin:.3} x S; \
