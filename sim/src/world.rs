@@ -288,6 +288,8 @@ pub struct World {
     fetch_config: FetchConfig,
     /// Verify chunks before storing them (off only in tests that prove the checks catch it).
     verify: bool,
+    /// `SYNCNODE_SIM_ARRIVALS` is set: print every verified arrival to stderr.
+    pub(crate) dump_arrivals: bool,
     drains: u64,
     /// Messages held up by a partition on a connection not yet declared dead
     /// (TCP would deliver them after the heal).
@@ -392,6 +394,7 @@ impl World {
             is_dirty: vec![false; n],
             fetch_config,
             verify: true,
+            dump_arrivals: std::env::var_os("SYNCNODE_SIM_ARRIVALS").is_some(),
             drains: 0,
             parked: Vec::new(),
             pending_restarts: 0,

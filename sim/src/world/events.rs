@@ -423,6 +423,10 @@ impl World {
             return;
         }
         self.store_chunk(client, gid, token);
+        if self.dump_arrivals {
+            // Simulated ns, receiving node, sending host (0 = origin), chunk.
+            eprintln!("arrive {} {client} {server} {gid}", self.t);
+        }
         if let Some((v, chunk)) = idx {
             let h = &mut self.hosts[client as usize];
             if !h.log[v].contains(&chunk.0) {
