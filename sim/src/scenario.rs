@@ -302,6 +302,10 @@ pub struct SwarmKnobs {
     /// round trips' worth of requests at the measured rate (default true,
     /// as the daemon).
     pub cover_round_trip: bool,
+    /// Announce every `Fetch::announce_interval(1 ms, announce_interval_ms)`:
+    /// the time to receive 8 mean chunks at the node's measured rate
+    /// (default false: every `announce_interval_ms`).
+    pub announce_follows_rate: bool,
 }
 
 impl Default for SwarmKnobs {
@@ -317,6 +321,7 @@ impl Default for SwarmKnobs {
             origin_resend_ms: None,
             slot_release_kib: 0,
             cover_round_trip: true,
+            announce_follows_rate: false,
         }
     }
 }

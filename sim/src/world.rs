@@ -888,8 +888,16 @@ impl World {
     }
 
     pub(crate) fn schedule_tick(&mut self, host: HostId) {
-        let interval = ms(self.sc.swarm.announce_interval_ms).max(1);
+        let mut interval = ms(self.sc.swarm.announce_interval_ms).max(1);
         let h = &mut self.hosts[host as usize];
+        if self.sc.swarm.announce_follows_rate
+            && let Some(f) = &h.fetch
+        {
+            let d = f
+                .fetch
+                .announce_interval(Duration::from_millis(1), Duration::from_nanos(interval));
+            interval = (d.as_nanos() as u64).max(1);
+        }
         if h.tick_pending || !h.alive {
             return;
         }

@@ -743,3 +743,29 @@ fn the_window_grows_to_cover_the_round_trip() {
     assert_eq!(window, 22);
     assert!(outstanding > 10, "{outstanding} outstanding");
 }
+
+/// The announce interval follows the delivery rate: `min` until measured,
+/// then 8 mean chunks' worth of time (100 kB chunks every 10 ms: 80 ms),
+/// clamped to `min..=max`.
+#[test]
+fn the_announce_interval_follows_the_delivery_rate() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut f: F = Fetch::new(FetchConfig::default(), vec![100_000; 400], 7);
+    for p in ["a", "b", "c", "d"] {
+        connect(&mut f, t0, p, true);
+    }
+    let mut out: VecDeque<(&'static str, ChunkIdx)> = requests(&drain(&mut f, t0)).into();
+    assert_eq!(f.announce_interval(ms(1), ms(100)), ms(1), "unmeasured");
+    let mut now = t0;
+    for _ in 0..20 {
+        now += ms(10);
+        let (p, c) = out.pop_front().expect("a request outstanding");
+        f.handle(now, Input::Verified { peer: p, chunk: c });
+        out.extend(requests(&drain(&mut f, now)));
+    }
+    let d = f.announce_interval(ms(1), ms(100));
+    assert!(d > ms(79) && d < ms(81), "{d:?}");
+    assert_eq!(f.announce_interval(ms(1), ms(50)), ms(50));
+    assert_eq!(f.announce_interval(ms(90), ms(100)), ms(90));
+}
