@@ -902,7 +902,9 @@ impl World {
             return;
         }
         h.tick_pending = true;
-        let phase = h.phase;
+        // The host's phase was drawn below the configured interval; a
+        // shorter one (announce_follows_rate) keeps its offset in it.
+        let phase = h.phase % interval;
         let k = (self.t.saturating_sub(phase)) / interval + 1;
         let at = phase + k * interval;
         self.push(at, Ev::Tick(host));

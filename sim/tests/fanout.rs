@@ -154,7 +154,8 @@ fn the_download_window_covers_a_deep_queue() {
 /// At 25 Gbit/s a 256 KiB chunk crosses in 84 µs, so a 100 ms announce
 /// interval holds every fresh chunk back for hundreds of chunk-times: 7
 /// nodes and 128 MiB (S/B = 43 ms) took 4.26 x S/B. Announcing every 8
-/// chunk-times at the measured rate (at least 1 ms) took 2.13.
+/// chunk-times at the measured rate (at least 1 ms) took 1.49 (2.13 while
+/// the shorter interval kept the host's phase drawn for 100 ms).
 #[test]
 fn announcing_at_the_chunk_rate_speeds_up_fast_links() {
     let sc = |follow: bool| {
@@ -173,7 +174,7 @@ fn announcing_at_the_chunk_rate_speeds_up_fast_links() {
     let fixed = run(sc(false), 1);
     let follows = run(sc(true), 1);
     assert!(
-        follows.max_over_s_b() * 1.5 <= fixed.max_over_s_b(),
+        follows.max_over_s_b() * 2.0 <= fixed.max_over_s_b(),
         "announcing at the chunk rate {:.3} x S/B, every 100 ms {:.3}",
         follows.max_over_s_b(),
         fixed.max_over_s_b()
