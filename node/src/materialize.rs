@@ -393,6 +393,9 @@ pub fn materialize_staged(
             Some(st) => finish_files(st, manifest, store, fsync, pause),
             None => write_files(&staging, manifest, store, fsync, pause),
         };
+        // The store syncs in batches (`store.rs`, "Durability"): before the
+        // version is recorded, every chunk it was built from is made durable too.
+        let built = built.and_then(|()| Ok(store.sync()?));
         if let Err(e) = built {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
@@ -747,6 +750,19 @@ mod tests {
         assert!(!dir.path().join("ch/v1").exists());
         drop(st);
         assert!(staging_dirs(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn materializing_makes_the_store_durable_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(&dir.path().join(".syncnode"), true).unwrap();
+        let m = manifest_for(&store, "v1", &[("a.bin", data(20_000, 7))]);
+        // The store syncs in 64 MiB batches: these chunks are not synced yet.
+        assert!(store.unsynced() > 0);
+        materialize_staged(dir.path(), &m, &m.root(), &store, true, Duration::ZERO, None)
+            .unwrap();
+        assert_eq!(store.unsynced(), 0);
+        assert!(is_materialized(dir.path(), &m, &m.root()));
     }
 
     #[test]

@@ -426,7 +426,7 @@ def floor_parts(size, nodes):
     return [base + (1 if k < extra else 0) for k in range(nodes)]
 
 
-def floor_peer_main(me, ips, size, start):
+def floor_peer_main(me, ips, size, start, disk=None):
     """One host of the `tcp-floor` case: plain TCP, the oracle relay schedule.
 
     The origin (0) sends part i-1 of the file (S/(N-1) bytes) to node i; node i
@@ -437,6 +437,11 @@ def floor_peer_main(me, ips, size, start):
     origin S: the fan-out schedule with the least bytes per link, run over
     the same fabric and the same TCP as the tools. A node prints the instant
     (time.time()) it had received all S bytes.
+
+    With `disk` (the `tcp-floor-disk` row) every node also does the one thing
+    every tool must: it writes each received byte into the file at its offset
+    (a sender first names its part in 8 bytes) and fsyncs the file before it
+    reports. No hashing, no encryption: the floor of network plus disk.
     """
     n = len(ips)
     parts = floor_parts(size, n - 1)
@@ -448,15 +453,31 @@ def floor_peer_main(me, ips, size, start):
     got = [0]
     full = threading.Event()
 
+    offsets = [sum(parts[:k]) for k in range(len(parts))]
+    fd = os.open(disk, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644) if disk and me != 0 else None
+
     def receive(c):
         with c:
+            pos = None
+            head = b""
             while True:
                 b = c.recv(1 << 20)
                 if not b:
                     return
+                if fd is not None:
+                    if pos is None:
+                        head += b
+                        if len(head) < 8:
+                            continue
+                        pos = offsets[int.from_bytes(head[:8], "little")]
+                        b = head[8:]
+                    os.pwrite(fd, b, pos)
+                    pos += len(b)
                 with lock:
                     got[0] += len(b)
                     if me != 0 and got[0] >= size and not full.is_set():
+                        if fd is not None:
+                            os.fsync(fd)
                         print(f"received {got[0]} at {time.time():.6f}", flush=True)
                         full.set()
 
@@ -468,7 +489,7 @@ def floor_peer_main(me, ips, size, start):
     threading.Thread(target=accept, daemon=True).start()
     buf = bytes(1 << 20)
 
-    def send(j, nbytes):
+    def send(j, nbytes, part):
         for attempt in range(50):  # every peer listens before the start instant
             try:
                 s = socket.create_connection((ips[j], FLOOR_PORT), timeout=5)
@@ -479,14 +500,16 @@ def floor_peer_main(me, ips, size, start):
             raise RuntimeError(f"cannot connect to {ips[j]}:{FLOOR_PORT}")
         s.settimeout(None)
         with s:
+            if disk:
+                s.sendall(part.to_bytes(8, "little"))
             left = nbytes
             while left > 0:
                 k = min(left, len(buf))
                 s.sendall(buf[:k])
                 left -= k
 
-    targets = ([(i, parts[i - 1]) for i in range(1, n)] if me == 0
-               else [(j, parts[me - 1]) for j in range(1, n) if j != me])
+    targets = ([(i, parts[i - 1], i - 1) for i in range(1, n)] if me == 0
+               else [(j, parts[me - 1], me - 1) for j in range(1, n) if j != me])
     while time.time() < start:
         time.sleep(0.001)
     senders = [threading.Thread(target=send, args=t, daemon=True) for t in targets]
@@ -884,10 +907,12 @@ class Bench:
 
     # -- tcp-floor: the oracle relay over plain TCP ---------------------------
 
-    def run_floor(self, case, size):
+    def run_floor(self, case, size, disk=False):
         """What plain TCP reaches on this fabric with the best schedule (see
-        floor_peer_main): a reference next to the tools, not a tool."""
+        floor_peer_main): a reference next to the tools, not a tool. With
+        `disk`, each node also writes the file and fsyncs it."""
         net = self.net
+        tool = "tcp-floor-disk" if disk else "tcp-floor"
         base = self.fresh_dir("floor")
         start = time.time() + 1.0
         tx0 = net.origin_tx()
@@ -897,6 +922,8 @@ class Bench:
                 argv = [sys.executable, os.path.abspath(__file__), "--floor-peer", str(i),
                         "--floor-ips", ",".join(net.ips), "--floor-bytes", str(size),
                         "--floor-start", f"{start:.6f}"]
+                if disk:
+                    argv += ["--floor-disk", os.path.join(base, f"h{i}.bin")]
                 peers.append(Proc(f"floor{i}", argv, ns=net.hosts[i],
                                   logfile=os.path.join(base, f"h{i}.log")))
             deadline = time.monotonic() + self.limit(size)
@@ -912,12 +939,12 @@ class Bench:
             if len(ends) == net.n - 1 and all(p.rc == 0 for p in peers):
                 spans = sorted(e - start for e in ends)
                 sb = size / (self.a.rate_mbit * 1e6 / 8)
-                note = (f"oracle relay schedule, plain TCP; per node "
+                note = (f"oracle relay schedule, plain TCP{', file written + fsynced' if disk else ''}; per node "
                         f"{spans[0] / sb:.2f}-{spans[-1] / sb:.2f} x S/B, median "
                         f"{spans[len(spans) // 2] / sb:.2f}")
-                self.row(case, "tcp-floor", size, spans[-1], tx, cpu, note)
+                self.row(case, tool, size, spans[-1], tx, cpu, note)
             else:
-                self.row(case, "tcp-floor", size, None, tx, cpu,
+                self.row(case, tool, size, None, tx, cpu,
                          "FAILED: " + " | ".join(p.log_tail(2) for p in peers if p.rc != 0)[:200])
         finally:
             for p in peers:
@@ -1123,7 +1150,7 @@ def main():
     ap.add_argument("--size-mib", default="128,1024",
                     help="comma-separated file sizes in MiB (default 128,1024)")
     ap.add_argument("--cases", default="tcp-floor,syncnode,delta,unicast,aria2c,rqbit",
-                    help="comma-separated subset of tcp-floor,syncnode,delta,unicast,aria2c,rqbit")
+                    help="comma-separated subset of tcp-floor,tcp-floor-disk,syncnode,delta,unicast,aria2c,rqbit")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 4 hosts, 100 Mbit/s, 32 MiB (explicit flags still win)")
     ap.add_argument("--syncnode", default=os.path.join(REPO, "target", "release", "syncnode"))
@@ -1151,6 +1178,7 @@ def main():
     ap.add_argument("--floor-ips", help=argparse.SUPPRESS)
     ap.add_argument("--floor-bytes", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--floor-start", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-disk", help=argparse.SUPPRESS)
     ap.add_argument("--tracker-stats", help=argparse.SUPPRESS)
     argv = sys.argv[1:]
     a = ap.parse_args(argv)
@@ -1158,7 +1186,8 @@ def main():
         tracker_main(a.tracker, a.tracker_stats)
         return 0
     if a.floor_peer is not None:
-        return floor_peer_main(a.floor_peer, a.floor_ips.split(","), a.floor_bytes, a.floor_start)
+        return floor_peer_main(a.floor_peer, a.floor_ips.split(","), a.floor_bytes, a.floor_start,
+                               a.floor_disk)
     if a.quick:
         given = " ".join(argv)
         if "--hosts" not in given:
@@ -1170,7 +1199,7 @@ def main():
     sizes = [parse_size(s) for s in a.size_mib.split(",") if s.strip()]
     a.size_mib_max = max(sizes) >> 20
     cases = [c.strip() for c in a.cases.split(",") if c.strip()]
-    unknown = set(cases) - {"tcp-floor", "syncnode", "delta", "unicast", "aria2c", "rqbit"}
+    unknown = set(cases) - {"tcp-floor", "tcp-floor-disk", "syncnode", "delta", "unicast", "aria2c", "rqbit"}
     if unknown:
         ap.error(f"unknown cases: {sorted(unknown)}")
     if a.hosts < 2 or a.hosts > 200:
@@ -1240,6 +1269,12 @@ def main():
                         bench.run_floor(case, real)
                     except RuntimeError as e:
                         bench.row(case, "tcp-floor", real, None, None, None, f"ERROR: {e}"[:300])
+                if "tcp-floor-disk" in cases:
+                    try:
+                        bench.run_floor(case, real, disk=True)
+                    except RuntimeError as e:
+                        bench.row(case, "tcp-floor-disk", real, None, None, None,
+                                  f"ERROR: {e}"[:300])
                 if "syncnode" in cases or "delta" in cases:
                     v2 = None
                     changed = None
