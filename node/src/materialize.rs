@@ -8,19 +8,26 @@
 //! replaced by `rename(2)` of a new symlink, which is atomic. On any error the
 //! staging folder is removed and `current` is left as it was.
 //!
-//! **Staged while fetching.** The daemon opens a [`Stager`] when it starts
-//! fetching a version: the staging folder and its (sparse) files are created
-//! at once, and every chunk is written at its offsets as soon as it is
-//! verified and stored ([`Stager::write_chunk`]), on the same blocking thread
-//! and from the same verified buffer. Materialization then only fills in the
-//! chunks that were not staged (held from an earlier version, rebuilt from
-//! parity, or a staged write that failed) from the store, reads each file
-//! back for its SHA-256, fsyncs and renames. Without staging the whole
-//! version was read back from the store, re-hashed and written at the end,
-//! which on the fan-out benchmark's 1 GiB case was 18 s of tail after every
-//! chunk was held (`docs/performance.md`). A stager dropped without being
-//! finished (a newer version superseded it, the fetch failed) removes its
-//! folder.
+//! **Staged while fetching, written once.** The daemon opens a [`Stager`]
+//! when it starts fetching a version: the staging folder
+//! `<channel>/.staging-<version>-<root>` and its (sparse) files are created at
+//! once, and every chunk is verified and written at its offsets as soon as it
+//! arrives ([`Stager::store_chunk`]), on a blocking thread. The chunk store
+//! keeps a reference to the chunk's first place in the version's files
+//! instead of a second copy in a pack (`crate::store`, "Chunks kept in a
+//! version's files"). Materialization then only fills in the chunks that were
+//! not staged (held from an earlier version, rebuilt from parity, or a staged
+//! write that failed) from the store, reads each file back for its SHA-256,
+//! fsyncs and renames. Without staging the whole version was read back from
+//! the store, re-hashed and written at the end, which on the fan-out
+//! benchmark's 1 GiB case was 18 s of tail after every chunk was held
+//! (`docs/performance.md`); with staging but a copy in the packs too, every
+//! byte was written twice. A stager that is dropped (the process stops or is
+//! killed, a newer version superseded it) leaves its folder: the next stager
+//! of the same root, in this process or the next, takes it over with the
+//! chunks in it. [`Stager::discard`] removes one for good (a fetch failed on a
+//! full disk); staging folders no stager uses are removed when a stager is
+//! created or a version materialized in the channel.
 //!
 //! Every path stays inside `data_dir` (rules in `docs/manifest.md` and the
 //! "Security" section of `docs/operations.md`): the manifest is validated
@@ -41,7 +48,8 @@ use std::time::Duration;
 use merkle::{Hash, Manifest};
 use sha2::Digest;
 
-use crate::store::{ChunkStore, StoreError};
+use crate::store::{ChunkStore, ExtFile, StoreError};
+use std::sync::Arc;
 
 /// Errors while materializing a version.
 #[derive(Debug, thiserror::Error)]
@@ -200,9 +208,37 @@ pub fn current_version(data_dir: &Path, channel: &str) -> Option<String> {
     target.to_str().map(str::to_owned)
 }
 
+/// Staging folders in use in this process (by a [`Stager`] or a build from
+/// the store): [`remove_stale_staging`] leaves them alone.
+static LIVE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a staging folder as in use until dropped.
+struct Live(PathBuf);
+
+impl Live {
+    fn new(p: &Path) -> Live {
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(p.to_path_buf());
+        Live(p.to_path_buf())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = live.iter().position(|p| *p == self.0) {
+            live.swap_remove(i);
+        }
+    }
+}
+
 /// A version's staging folder, filled while its chunks arrive (module docs).
 pub struct Stager {
     staging: PathBuf,
+    /// Each file's final and staged path, as the chunk store references it.
+    exts: Vec<Arc<ExtFile>>,
+    _live: Live,
     /// The files, opened for each write (a version may have more files
     /// than a process may keep open).
     files: Vec<PathBuf>,
@@ -212,8 +248,6 @@ pub struct Stager {
     /// Set (under the write lock) once materialization takes the folder
     /// over: later writes (late endgame duplicates) are dropped.
     closed: RwLock<bool>,
-    /// The folder became the version folder: do not remove it on drop.
-    kept: AtomicBool,
 }
 
 impl std::fmt::Debug for Stager {
@@ -235,9 +269,16 @@ impl Stager {
     /// not synced one by one: materialization fsyncs every file before the
     /// rename; fdatasync per chunk measured no faster). `Ok(None)` for a
     /// version of more than [`STAGE_MAX_FILES`] files.
+    ///
+    /// The folder is named after the version and its root, so a daemon
+    /// restarted after a kill takes over the folder its predecessor left
+    /// (the chunk store references the chunks written there) instead of
+    /// fetching them again. A folder left by a dropped stager is kept for
+    /// that reason; [`Stager::discard`] removes one for good.
     pub fn create(
         data_dir: &Path,
         manifest: &Manifest,
+        store: &ChunkStore,
     ) -> Result<Option<Stager>, MaterializeError> {
         if manifest.files.len() > STAGE_MAX_FILES {
             return Ok(None);
@@ -247,28 +288,62 @@ impl Stager {
         check_real_dir(&channel_dir)?;
         fs::create_dir_all(&channel_dir).map_err(io("create", &channel_dir))?;
         check_real_dir(&channel_dir)?;
-        remove_stale_staging(&channel_dir);
-        let staging = channel_dir.join(format!(
-            ".staging-{}-{}-{}",
-            manifest.version,
-            std::process::id(),
-            unique()
-        ));
-        fs::create_dir(&staging).map_err(io("create", &staging))?;
+        let root = manifest.root().to_hex();
+        let staging = channel_dir.join(format!(".staging-{}-{}", manifest.version, &root[..16]));
+        let final_dir = confined_join(&channel_dir, &manifest.version)?;
+        if LIVE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&staging)
+        {
+            // Another stager of this process has the version: build at the end.
+            return Ok(None);
+        }
+        let live = Live::new(&staging);
+        remove_stale_staging(&channel_dir, store);
+        // Take over a folder left by an earlier process only if it is a real
+        // folder (not a link) whose files are all regular files.
+        let reuse = match fs::symlink_metadata(&staging) {
+            Ok(md) if md.is_dir() => true,
+            Ok(_) => {
+                fs::remove_file(&staging).map_err(io("remove", &staging))?;
+                false
+            }
+            Err(_) => false,
+        };
+        if !reuse {
+            fs::create_dir(&staging).map_err(io("create", &staging))?;
+        }
         let mut stager = Stager {
             staging,
+            exts: Vec::with_capacity(manifest.files.len()),
+            _live: live,
             files: Vec::with_capacity(manifest.files.len()),
             places: HashMap::new(),
             closed: RwLock::new(false),
-            kept: AtomicBool::new(false),
         };
         for (i, file) in manifest.files.iter().enumerate() {
             let path = confined_join(&stager.staging, &file.path)?;
             if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent).map_err(io("create", parent))?;
             }
-            let out = create_new_nofollow(&path)?;
+            let out = if reuse {
+                match fs::symlink_metadata(&path) {
+                    Ok(md) if md.is_file() => open_nofollow(&path)?,
+                    Ok(_) => {
+                        let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+                        create_new_nofollow(&path)?
+                    }
+                    Err(_) => create_new_nofollow(&path)?,
+                }
+            } else {
+                create_new_nofollow(&path)?
+            };
             out.set_len(file.size).map_err(io("size", &path))?;
+            stager.exts.push(Arc::new(ExtFile {
+                path: confined_join(&final_dir, &file.path)?,
+                staged: path.clone(),
+            }));
             stager.files.push(path);
             let mut off = 0u64;
             for c in &file.chunks {
@@ -284,22 +359,68 @@ impl Stager {
         Ok(Some(stager))
     }
 
+    /// Stores a chunk that arrived for this version: checks `data` against
+    /// `hash`, writes it at every place the version has it and records it in
+    /// `store` as kept there (one write, no copy in a pack; `store.rs`). A
+    /// chunk the version does not hold (a parity piece), one already
+    /// written, or one that cannot be staged goes to a pack instead.
+    pub fn store_chunk(
+        &self,
+        store: &ChunkStore,
+        hash: &Hash,
+        data: &[u8],
+    ) -> Result<bool, StoreError> {
+        let actual = Hash::of(data);
+        if actual != *hash {
+            return Err(StoreError::HashMismatch {
+                expected: *hash,
+                actual,
+            });
+        }
+        match self.write_chunk(hash, data) {
+            Ok(Some((file, off))) => {
+                store.put_ref(hash, data.len() as u32, &self.exts[file as usize], off)
+            }
+            Ok(None) => store.put(hash, data),
+            Err(e) => {
+                tracing::warn!(chunk = %hash, error = %e,
+                    "cannot stage chunk; it goes to a pack and is written from there at the end");
+                store.put(hash, data)
+            }
+        }
+    }
+
+    /// Removes the staging folder for good (a failed fetch on a full disk):
+    /// the chunk store forgets the chunks kept in it, which count as missing.
+    pub fn discard(&self, store: &ChunkStore) {
+        for ext in &self.exts {
+            store.forget_file(ext);
+        }
+        self.close();
+        let _ = fs::remove_dir_all(&self.staging);
+    }
+
     /// The staging folder.
     pub fn path(&self) -> &Path {
         &self.staging
     }
 
-    /// Writes a chunk at every place the version has it. Call it only with
-    /// bytes verified against `hash` (the store's `put` checks them). A
-    /// chunk the version does not contain (a parity piece) is ignored; so
-    /// is every write once materialization has started.
-    pub fn write_chunk(&self, hash: &Hash, data: &[u8]) -> Result<(), MaterializeError> {
+    /// Writes a chunk at every place the version has it; returns the first
+    /// place (file index, offset), or `None` if nothing was written: a chunk
+    /// the version does not contain (a parity piece), one already written,
+    /// or any write once materialization has started. Call it only with
+    /// bytes verified against `hash` ([`Stager::store_chunk`] checks them).
+    pub fn write_chunk(
+        &self,
+        hash: &Hash,
+        data: &[u8],
+    ) -> Result<Option<(u32, u64)>, MaterializeError> {
         let Some((places, written)) = self.places.get(hash) else {
-            return Ok(());
+            return Ok(None);
         };
         let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
         if *closed || written.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(None);
         }
         let mut open: Option<(u32, fs::File)> = None;
         for &(file, off) in places {
@@ -311,19 +432,11 @@ impl Stager {
                 .map_err(io("write", &self.files[file as usize]))?;
         }
         written.store(true, Ordering::Release);
-        Ok(())
+        Ok(places.first().copied())
     }
 
     fn close(&self) {
         *self.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
-    }
-}
-
-impl Drop for Stager {
-    fn drop(&mut self) {
-        if !self.kept.load(Ordering::Acquire) {
-            let _ = fs::remove_dir_all(&self.staging);
-        }
     }
 }
 
@@ -374,10 +487,10 @@ pub fn materialize_staged(
     fs::create_dir_all(&channel_dir).map_err(io("create", &channel_dir))?;
     check_real_dir(&channel_dir)?;
     check_current(&channel_dir)?;
-    remove_stale_staging(&channel_dir);
+    remove_stale_staging(&channel_dir, store);
     if !is_materialized(data_dir, manifest, root) {
-        let staging = match stager {
-            Some(st) => st.staging.clone(),
+        let (staging, _live) = match stager {
+            Some(st) => (st.staging.clone(), None),
             None => {
                 let staging = channel_dir.join(format!(
                     ".staging-{}-{}-{}",
@@ -385,8 +498,9 @@ pub fn materialize_staged(
                     std::process::id(),
                     unique()
                 ));
+                let live = Live::new(&staging);
                 fs::create_dir(&staging).map_err(io("create", &staging))?;
-                staging
+                (staging, Some(live))
             }
         };
         let built = match stager {
@@ -397,7 +511,12 @@ pub fn materialize_staged(
         // version is recorded, every chunk it was built from is made durable too.
         let built = built.and_then(|()| Ok(store.sync()?));
         if let Err(e) = built {
-            let _ = fs::remove_dir_all(&staging);
+            match stager {
+                Some(st) => st.discard(store),
+                None => {
+                    let _ = fs::remove_dir_all(&staging);
+                }
+            }
             return Err(e);
         }
         let record = record_path(&channel_dir, &manifest.version);
@@ -411,9 +530,6 @@ pub fn materialize_staged(
             let _ = fs::remove_dir_all(&aside);
         }
         fs::rename(&staging, &final_dir).map_err(io("rename", &final_dir))?;
-        if let Some(st) = stager {
-            st.kept.store(true, Ordering::Release);
-        }
         write_synced(&record, root.to_hex().as_bytes(), fsync)?;
     }
     switch_current(&channel_dir, &manifest.version, fsync)?;
@@ -427,16 +543,24 @@ fn unique() -> u128 {
         .unwrap_or(0)
 }
 
-/// Removes staging folders left by an earlier process (killed mid-way):
-/// their names carry the writer's pid, and one daemon owns a data_dir.
-fn remove_stale_staging(channel_dir: &Path) {
+/// Removes staging folders no stager of this process uses: left by an
+/// earlier process (killed mid-way, or for a root no longer wanted) or by a
+/// build that failed. One daemon owns a data_dir. The chunks the store keeps
+/// in such a folder are first copied into a pack
+/// ([`ChunkStore::adopt_staged_under`]): a later version may share them.
+fn remove_stale_staging(channel_dir: &Path, store: &ChunkStore) {
     let Ok(entries) = fs::read_dir(channel_dir) else {
         return;
     };
-    let mine = format!("-{}-", std::process::id());
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if (name.starts_with(".staging-") || name.starts_with(".old-")) && !name.contains(&mine) {
+        if (name.starts_with(".staging-") || name.starts_with(".old-")) && !live.contains(&e.path())
+        {
+            if let Err(err) = store.adopt_staged_under(&e.path()) {
+                tracing::warn!(path = %e.path().display(), error = %err,
+                    "cannot keep the chunks of a stale staging folder; they will be fetched again");
+            }
             let _ = fs::remove_dir_all(e.path());
         }
     }
@@ -683,7 +807,7 @@ mod tests {
             ],
         );
         let root = m.root();
-        let st = Stager::create(dir.path(), &m).unwrap().unwrap();
+        let st = Stager::create(dir.path(), &m, &store).unwrap().unwrap();
         assert_eq!(staging_dirs(dir.path()).len(), 1);
         // Stage every other chunk of the first file only; the rest must come
         // from the store at the end.
@@ -729,7 +853,7 @@ mod tests {
         let f1 = data(12_000, 5);
         let m = manifest_for(&store, "v1", &[("a.bin", f1)]);
         let root = m.root();
-        let st = Stager::create(dir.path(), &m).unwrap().unwrap();
+        let st = Stager::create(dir.path(), &m, &store).unwrap().unwrap();
         let c = &m.files[0].chunks[0];
         st.write_chunk(&c.hash, &vec![0u8; c.len as usize]).unwrap();
         let err = materialize_staged(
@@ -759,21 +883,190 @@ mod tests {
         let m = manifest_for(&store, "v1", &[("a.bin", data(20_000, 7))]);
         // The store syncs in 64 MiB batches: these chunks are not synced yet.
         assert!(store.unsynced() > 0);
-        materialize_staged(dir.path(), &m, &m.root(), &store, true, Duration::ZERO, None)
-            .unwrap();
+        materialize_staged(
+            dir.path(),
+            &m,
+            &m.root(),
+            &store,
+            true,
+            Duration::ZERO,
+            None,
+        )
+        .unwrap();
         assert_eq!(store.unsynced(), 0);
         assert!(is_materialized(dir.path(), &m, &m.root()));
     }
 
+    /// The chunks of `files` (as given to `manifest_for`) in file order.
+    fn chunks_of(m: &Manifest, files: &[(&str, Vec<u8>)]) -> Vec<(Hash, Vec<u8>)> {
+        let mut out = Vec::new();
+        for f in &m.files {
+            let bytes = &files.iter().find(|(p, _)| *p == f.path).unwrap().1;
+            let mut off = 0usize;
+            for c in &f.chunks {
+                out.push((c.hash, bytes[off..off + c.len as usize].to_vec()));
+                off += c.len as usize;
+            }
+        }
+        out
+    }
+
+    fn pack_bytes(dir: &Path) -> u64 {
+        fs::read_dir(dir.join(".syncnode/packs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
     #[test]
-    fn an_unfinished_stager_removes_its_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ChunkStore::open(&dir.path().join(".syncnode"), false).unwrap();
-        let m = manifest_for(&store, "v1", &[("a.bin", data(5_000, 6))]);
-        let st = Stager::create(dir.path(), &m).unwrap().unwrap();
-        assert_eq!(fs::metadata(st.path().join("a.bin")).unwrap().len(), 5_000);
+    fn staged_chunks_are_written_once_and_served_from_the_version_files() {
+        let (dir, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let files = [("a.bin", data(30_000, 8)), ("sub/b.bin", data(20_000, 9))];
+        let m = manifest_for(
+            &ChunkStore::open(scratch.path(), false).unwrap(),
+            "v1",
+            &files,
+        );
+        let store = ChunkStore::open(&dir.path().join(".syncnode"), true).unwrap();
+        let st = Stager::create(dir.path(), &m, &store).unwrap().unwrap();
+        let chunks = chunks_of(&m, &files);
+        for (h, b) in &chunks {
+            st.store_chunk(&store, h, b).unwrap();
+        }
+        let e = st.store_chunk(&store, &chunks[0].0, b"junk").unwrap_err();
+        assert!(matches!(e, StoreError::HashMismatch { .. }), "{e}");
+        // No chunk's bytes went into a pack: only references of ~100 bytes.
+        let packed = pack_bytes(dir.path());
+        assert!(
+            packed < 150 * chunks.len() as u64,
+            "{packed} bytes in packs"
+        );
+        materialize_staged(
+            dir.path(),
+            &m,
+            &m.root(),
+            &store,
+            true,
+            Duration::ZERO,
+            Some(&st),
+        )
+        .unwrap();
         drop(st);
+        assert_eq!(
+            fs::read(dir.path().join("ch/v1/a.bin")).unwrap(),
+            files[0].1
+        );
+        assert_eq!(
+            fs::read(dir.path().join("ch/v1/sub/b.bin")).unwrap(),
+            files[1].1
+        );
+        // The version's files hold the chunks: served from there, after a
+        // reopen of the store too (the staging folder is gone by now).
+        for (h, b) in &chunks {
+            assert_eq!(store.get(h).unwrap().as_ref(), Some(b));
+        }
+        drop(store);
+        let store = ChunkStore::open(&dir.path().join(".syncnode"), true).unwrap();
+        for (h, b) in &chunks {
+            assert_eq!(store.get(h).unwrap().as_ref(), Some(b));
+        }
+        let distinct: std::collections::HashSet<_> = chunks.iter().map(|c| c.0).collect();
+        assert_eq!(
+            crate::store::read_all(&dir.path().join(".syncnode"))
+                .unwrap()
+                .len(),
+            distinct.len()
+        );
+        // An edited file takes its chunk out of the store; it is never served.
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("ch/v1/a.bin"))
+            .unwrap();
+        f.write_all_at(b"edited", 0).unwrap();
+        let first = m.files[0].chunks[0].hash;
+        assert!(matches!(store.get(&first), Err(StoreError::Corrupt(_))));
+        assert!(!store.contains(&first));
+        assert!(store.contains(&m.files[1].chunks[0].hash));
+    }
+
+    #[test]
+    fn a_restarted_daemon_takes_over_its_staging_folder() {
+        let (dir, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let files = [("a.bin", data(40_000, 10))];
+        let m = manifest_for(
+            &ChunkStore::open(scratch.path(), false).unwrap(),
+            "v1",
+            &files,
+        );
+        let chunks = chunks_of(&m, &files);
+        let half = chunks.len() / 2;
+        {
+            let store = ChunkStore::open(&dir.path().join(".syncnode"), false).unwrap();
+            let st = Stager::create(dir.path(), &m, &store).unwrap().unwrap();
+            for (h, b) in &chunks[..half] {
+                st.store_chunk(&store, h, b).unwrap();
+            }
+            // Killed here: the stager and the store go without a goodbye.
+        }
+        assert_eq!(staging_dirs(dir.path()).len(), 1);
+        let store = ChunkStore::open(&dir.path().join(".syncnode"), false).unwrap();
+        for (h, _) in &chunks[..half] {
+            assert!(store.contains(h), "a chunk staged before the kill was lost");
+        }
+        let st = Stager::create(dir.path(), &m, &store).unwrap().unwrap();
+        assert_eq!(
+            staging_dirs(dir.path()).len(),
+            1,
+            "the folder was taken over"
+        );
+        for (h, b) in &chunks[half..] {
+            st.store_chunk(&store, h, b).unwrap();
+        }
+        materialize_staged(
+            dir.path(),
+            &m,
+            &m.root(),
+            &store,
+            false,
+            Duration::ZERO,
+            Some(&st),
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("ch/v1/a.bin")).unwrap(),
+            files[0].1
+        );
         assert!(staging_dirs(dir.path()).is_empty());
+        for (h, b) in &chunks {
+            assert_eq!(store.get(h).unwrap().as_ref(), Some(b));
+        }
+    }
+
+    #[test]
+    fn a_discarded_stager_takes_its_chunks_out_of_the_store() {
+        let (dir, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let files = [("a.bin", data(5_000, 6))];
+        let m = manifest_for(
+            &ChunkStore::open(scratch.path(), false).unwrap(),
+            "v1",
+            &files,
+        );
+        let store = ChunkStore::open(&dir.path().join(".syncnode"), false).unwrap();
+        let st = Stager::create(dir.path(), &m, &store).unwrap().unwrap();
+        assert_eq!(fs::metadata(st.path().join("a.bin")).unwrap().len(), 5_000);
+        let chunks = chunks_of(&m, &files);
+        for (h, b) in &chunks {
+            st.store_chunk(&store, h, b).unwrap();
+        }
+        st.discard(&store);
+        assert!(staging_dirs(dir.path()).is_empty());
+        for (h, _) in &chunks {
+            assert!(!store.contains(h));
+        }
+        drop(store);
+        let store = ChunkStore::open(&dir.path().join(".syncnode"), false).unwrap();
+        assert_eq!(store.stats().0, 0);
     }
 
     #[test]

@@ -298,7 +298,7 @@ impl Daemon {
         // Stage the version's files while its chunks arrive (see
         // `materialize::Stager`); without a stager it is built at the end.
         if v.stager.is_none() && !materialize::is_materialized(&self.cfg.raw.data_dir, &m, &root) {
-            match materialize::Stager::create(&self.cfg.raw.data_dir, &m) {
+            match materialize::Stager::create(&self.cfg.raw.data_dir, &m, &self.store) {
                 Ok(st) => v.stager = st.map(Arc::new),
                 Err(e) => tracing::warn!(version = %m.version, error = %e,
                     "cannot stage the version's files while fetching; they will be written at the end"),
@@ -476,21 +476,19 @@ impl Daemon {
                 let store = self.store.clone();
                 let stager = self.versions.get(&root).and_then(|v| v.stager.clone());
                 env::offload(self.inline, tx, move || {
+                    // Verified, then written once: into the version's
+                    // staged files (the store keeps a reference), or into a
+                    // pack when the version is not being staged.
                     let result = if data.len() != len as usize {
                         Err(StoreError::HashMismatch {
                             expected: hash,
                             actual: Hash::of(&data),
                         })
+                    } else if let Some(st) = &stager {
+                        st.store_chunk(&store, &hash, &data)
                     } else {
                         store.put(&hash, &data)
                     };
-                    // Verified and stored: into the version's files too.
-                    if let (Ok(_), Some(st)) = (&result, &stager)
-                        && let Err(e) = st.write_chunk(&hash, &data)
-                    {
-                        tracing::warn!(chunk = %hash, error = %e,
-                            "cannot stage chunk; it is written from the store at the end");
-                    }
                     Stored {
                         root,
                         idx,
@@ -561,8 +559,10 @@ impl Daemon {
                         retry_at: now() + Duration::from_secs(10),
                     };
                     // Its staged files go too (they take space on a full
-                    // disk); the retry stages anew.
-                    v.stager = None;
+                    // disk); the retry stages anew and fetches what they held.
+                    if let Some(st) = v.stager.take() {
+                        st.discard(&self.store);
+                    }
                 }
             }
         }

@@ -900,7 +900,8 @@ fn audit_store(state_dir: &Path, known: &BTreeSet<Hash>) -> Result<u64, String> 
         let data = std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
         let mut at = 0usize;
         while at + 40 <= data.len() {
-            if &data[at..at + 4] != b"SNCK" {
+            let magic = &data[at..at + 4];
+            if magic != b"SNCK" && magic != b"SNRF" {
                 return Err(format!("{}: bad record magic at {at}", p.display()));
             }
             let len = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4")) as usize;
@@ -908,6 +909,25 @@ fn audit_store(state_dir: &Path, known: &BTreeSet<Hash>) -> Result<u64, String> 
             let body = data
                 .get(at + 40..at + 40 + len)
                 .ok_or_else(|| format!("{}: torn record at {at}", p.display()))?;
+            let referenced;
+            let body = if magic == b"SNRF" {
+                // A chunk kept in a version's file: read it from there (final
+                // path, else staged path); one whose file is gone is no longer
+                // stored.
+                match read_ref(state_dir, body) {
+                    Ok(Some(b)) => {
+                        referenced = b;
+                        &referenced[..]
+                    }
+                    Ok(None) => {
+                        at += 40 + len;
+                        continue;
+                    }
+                    Err(e) => return Err(format!("{}: record {name} at {at}: {e}", p.display())),
+                }
+            } else {
+                body
+            };
             if Hash::of(body) != name {
                 return Err(format!(
                     "{}: record {name} at {at} does not hash to its name: an unverified chunk was stored",
@@ -925,6 +945,36 @@ fn audit_store(state_dir: &Path, known: &BTreeSet<Hash>) -> Result<u64, String> 
         }
     }
     Ok(checked)
+}
+
+/// The bytes a reference record (format in `crate::store`) points at, read
+/// independently of the store's code; `None` if neither path exists.
+fn read_ref(state_dir: &Path, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileExt;
+    let bad = || "malformed reference".to_string();
+    let u16_at = |i: usize| -> Result<usize, String> {
+        Ok(usize::from(u16::from_le_bytes(
+            body.get(i..i + 2).ok_or_else(bad)?.try_into().expect("2"),
+        )))
+    };
+    let len = u32::from_le_bytes(body.get(..4).ok_or_else(bad)?.try_into().expect("4"));
+    let offset = u64::from_le_bytes(body.get(4..12).ok_or_else(bad)?.try_into().expect("8"));
+    let pl = u16_at(12)?;
+    let path = body.get(14..14 + pl).ok_or_else(bad)?;
+    let sl = u16_at(14 + pl)?;
+    let staged = body.get(16 + pl..16 + pl + sl).ok_or_else(bad)?;
+    let base = state_dir.parent().unwrap_or(state_dir);
+    for rel in [path, staged] {
+        let p = base.join(std::ffi::OsStr::from_bytes(rel));
+        if let Ok(f) = std::fs::File::open(&p) {
+            let mut out = vec![0u8; len as usize];
+            f.read_exact_at(&mut out, offset)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            return Ok(Some(out));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
