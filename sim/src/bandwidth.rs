@@ -10,6 +10,12 @@
 //! of an event is proportional to the part of the swarm it can affect, not to
 //! the whole swarm.
 //!
+//! Optionally every flow also crosses one resource shared by all of them
+//! ([`Network::set_shared_cap`]): the CPU of a machine that runs every host,
+//! as on the fan-out benchmark (8 network namespaces on 2 cores), where
+//! moving a byte costs CPU time at both ends. It joins every flow into one
+//! component, so it is meant for the small scenarios that model that machine.
+//!
 //! Time is virtual nanoseconds passed in by the caller; nothing here reads a
 //! clock.
 
@@ -69,6 +75,8 @@ pub struct Network<T> {
     /// Per resource: its dense index in the current fill.
     local: Vec<u32>,
     live: usize,
+    /// The capacity (bytes/s) of the resource every flow crosses, if any.
+    shared_cap: Option<f64>,
     /// Resources visited by recomputations so far (a cost counter).
     pub work: u64,
 }
@@ -96,10 +104,11 @@ impl<T> Network<T> {
             finish: BinaryHeap::new(),
             fills: 0,
             dirty: Vec::new(),
-            seen: vec![0; 2 * n],
+            seen: vec![0; 2 * n + 1],
             epoch: 0,
-            local: vec![0; 2 * n],
+            local: vec![0; 2 * n + 1],
             live: 0,
+            shared_cap: None,
             work: 0,
         }
     }
@@ -155,6 +164,19 @@ impl<T> Network<T> {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// Sets (or clears) a resource of `cap` bytes/s that every flow crosses
+    /// besides its two NICs (module docs); effective at the next settle.
+    pub fn set_shared_cap(&mut self, cap: Option<f64>) {
+        self.shared_cap = cap;
+        // Every component changes (joined or split again).
+        self.dirty.extend(0..self.shared());
+    }
+
+    /// The shared resource's id, after every host's two.
+    fn shared(&self) -> usize {
+        self.up_cap.len() * 2
     }
 
     /// Changes the capacities of `host` (takes effect at the next [`Network::settle`]).
@@ -252,6 +274,16 @@ impl<T> Network<T> {
         if self.dirty.is_empty() {
             return;
         }
+        if self.shared_cap.is_some() {
+            // The shared resource joins every flow into one component.
+            self.dirty.clear();
+            let all: Vec<u32> = (0..self.flows.len() as u32)
+                .filter(|i| self.flows[*i as usize].is_some())
+                .collect();
+            self.work += all.len() as u64;
+            self.fill(t, &all);
+            return;
+        }
         let comp = self.component();
         self.fill(t, &comp);
     }
@@ -302,15 +334,22 @@ impl<T> Network<T> {
         self.epoch += 1;
         let epoch = self.epoch;
         let mut global: Vec<usize> = Vec::new();
-        let mut ends: Vec<[u32; 2]> = Vec::with_capacity(comp.len());
+        let shared = self.shared_cap.map(|_| self.shared());
+        // Resources per flow: its two NICs, and the shared one if set.
+        let k = 2 + usize::from(shared.is_some());
+        let mut ends: Vec<[u32; 3]> = Vec::with_capacity(comp.len());
         for &i in comp {
             let f = self.flows[i as usize]
                 .as_mut()
                 .expect("component flow exists");
             f.remaining = f.remaining_at(t);
             f.updated = t;
-            let mut e = [0u32; 2];
-            for (k, r) in [up(f.from), down(f.to)].into_iter().enumerate() {
+            let mut e = [0u32; 3];
+            for (k, r) in [up(f.from), down(f.to)]
+                .into_iter()
+                .chain(shared)
+                .enumerate()
+            {
                 if self.seen[r] != epoch {
                     self.seen[r] = epoch;
                     self.local[r] = global.len() as u32;
@@ -324,7 +363,9 @@ impl<T> Network<T> {
         let mut cap: Vec<f64> = global
             .iter()
             .map(|&r| {
-                if r.is_multiple_of(2) {
+                if Some(r) == shared {
+                    self.shared_cap.unwrap_or(f64::INFINITY)
+                } else if r.is_multiple_of(2) {
                     self.up_cap[r / 2]
                 } else {
                     self.down_cap[r / 2]
@@ -334,8 +375,9 @@ impl<T> Network<T> {
         // Flows of each resource, as compressed rows.
         let mut left = vec![0u32; nr];
         for e in &ends {
-            left[e[0] as usize] += 1;
-            left[e[1] as usize] += 1;
+            for &r in &e[..k] {
+                left[r as usize] += 1;
+            }
         }
         let mut start = vec![0usize; nr + 1];
         for r in 0..nr {
@@ -344,7 +386,7 @@ impl<T> Network<T> {
         let mut fill_at = start.clone();
         let mut rows = vec![0u32; start[nr]];
         for (j, e) in ends.iter().enumerate() {
-            for r in *e {
+            for &r in &e[..k] {
                 rows[fill_at[r as usize]] = j as u32;
                 fill_at[r as usize] += 1;
             }
@@ -389,7 +431,7 @@ impl<T> Network<T> {
             }
             for &(j, x) in &batch {
                 rate[j as usize] = Some(x);
-                for rr in ends[j as usize] {
+                for &rr in &ends[j as usize][..k] {
                     let rr = rr as usize;
                     cap[rr] = (cap[rr] - x).max(0.0);
                     left[rr] -= 1;
@@ -479,6 +521,29 @@ mod tests {
         n.settle(0);
         assert!((n.get(a).expect("a").rate - 10.0).abs() < 1e-9);
         assert!((n.get(b).expect("b").rate - 90.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_shared_resource_caps_the_sum_of_all_flows() {
+        // Three disjoint pairs, each could run at 100; the shared 150 splits
+        // evenly, and a flow capped lower leaves its share to the others.
+        let mut n = Network::new(vec![100.0; 6], vec![100.0; 6]);
+        let a = n.add(0, 0, 1, 1e6, f64::INFINITY, ());
+        let b = n.add(0, 2, 3, 1e6, f64::INFINITY, ());
+        let c = n.add(0, 4, 5, 1e6, 20.0, ());
+        n.settle(0);
+        assert!((n.get(a).unwrap().rate - 100.0).abs() < 1e-9);
+        n.set_shared_cap(Some(150.0));
+        n.settle(0);
+        let r: Vec<f64> = [a, b, c].iter().map(|f| n.get(*f).unwrap().rate).collect();
+        assert!((r[2] - 20.0).abs() < 1e-9, "{r:?}");
+        assert!(
+            (r[0] - 65.0).abs() < 1e-9 && (r[1] - 65.0).abs() < 1e-9,
+            "{r:?}"
+        );
+        n.set_shared_cap(None);
+        n.settle(0);
+        assert!((n.get(b).unwrap().rate - 100.0).abs() < 1e-9);
     }
 
     #[test]

@@ -69,8 +69,16 @@ impl Report {
         // A node's bound scales with its own S/B (a slow NIC gets more time),
         // plus the time to notice a dead connection and redial.
         let slack = (w.sc.swarm.peer_timeout_ms + w.sc.swarm.reconnect_ms) / 1e3;
-        let bound_of =
-            |slow: f64| quiet as f64 / 1e9 + slack + w.sc.checks.liveness_factor * s_over_b / slow;
+        // On a shared machine the CPU may bound the fan-out instead: the time
+        // it takes to move one copy to every node.
+        let nodes = w.hosts.len().saturating_sub(1) as f64;
+        let cpu_s =
+            w.sc.machine
+                .as_ref()
+                .map_or(0.0, |m| nodes * vd.bytes as f64 / m.bytes_per_s());
+        let bound_of = |slow: f64| {
+            quiet as f64 / 1e9 + slack + w.sc.checks.liveness_factor * (s_over_b / slow).max(cpu_s)
+        };
         let bound = bound_of(1.0);
         let mut live = 0;
         for (i, h) in w.hosts.iter().enumerate().skip(1) {

@@ -57,6 +57,10 @@ pub struct Scenario {
     pub topology: Topology,
     /// Per-host NIC rates.
     pub link: Link,
+    /// One machine running every host, whose CPU bounds the bytes all of
+    /// them move together (flow tier only; absent: CPU is free).
+    #[serde(default)]
+    pub machine: Option<Machine>,
     /// The first version.
     pub checkpoint: Checkpoint,
     /// Later versions, published while earlier ones may still spread.
@@ -141,6 +145,29 @@ pub struct Link {
     /// standing queue, as under fair queuing. See `docs/simulator.md`.
     #[serde(default)]
     pub queue_ms: f64,
+}
+
+/// A machine that runs every host (flow tier): the fan-out benchmark's 8
+/// network namespaces share 2 cores. Moving a byte costs CPU at the sender
+/// (read, re-check, encrypt, send) and the receiver (receive, decrypt,
+/// verify, write, SHA-256); with `ns_per_byte` the two together, all flows
+/// share `cores × 10⁹ / ns_per_byte` bytes/s max-min fairly, besides their
+/// NICs. Calibrate it on a run the CPU does not bound (tests/bench/README.md,
+/// "Calibrating the simulator's CPU").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    /// Cores shared by all hosts.
+    pub cores: f64,
+    /// CPU nanoseconds per byte moved, sender and receiver together.
+    pub ns_per_byte: f64,
+}
+
+impl Machine {
+    /// The bytes/s all flows can move together.
+    pub fn bytes_per_s(&self) -> f64 {
+        self.cores * 1e9 / self.ns_per_byte
+    }
 }
 
 /// The first version's content.
@@ -396,6 +423,17 @@ impl Scenario {
         }
         if self.link.origin_mbps.is_some_and(|v| !rate_ok(v)) {
             return Err(bad("link.origin_mbps", "must be a positive rate in Mbit/s"));
+        }
+        if let Some(m) = &self.machine {
+            if !rate_ok(m.cores) {
+                return Err(bad("machine.cores", "must be a positive number of cores"));
+            }
+            if !rate_ok(m.ns_per_byte) {
+                return Err(bad(
+                    "machine.ns_per_byte",
+                    "must be a positive number of CPU nanoseconds per byte moved",
+                ));
+            }
         }
         if !(self.link.queue_ms.is_finite() && (0.0..=10_000.0).contains(&self.link.queue_ms)) {
             return Err(bad(

@@ -366,8 +366,12 @@ impl World {
             ..defaults
         };
         let n = hosts.len();
+        let mut net = Network::new(caps.clone(), caps);
+        if let Some(m) = &sc.machine {
+            net.set_shared_cap(Some(m.bytes_per_s()));
+        }
         let mut w = World {
-            net: Network::new(caps.clone(), caps),
+            net,
             pairs: std::collections::BTreeMap::new(),
             hosts,
             rng,

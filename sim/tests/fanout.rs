@@ -180,3 +180,29 @@ fn announcing_at_the_chunk_rate_speeds_up_fast_links() {
         fixed.max_over_s_b()
     );
 }
+
+/// A machine that runs every host bounds what they move together: 7 nodes
+/// on one core at 40 ns per byte share 25 MB/s, a third of their 7 x 25 MB/s
+/// of downloads, so the fan-out takes at least the CPU's time for 7 copies,
+/// where the same swarm without the model is link-bound.
+#[test]
+fn a_shared_machine_bounds_the_fan_out_by_its_cpu() {
+    let free = run(scenario(7, 1, ""), 1);
+    let cpu = run(scenario(7, 1, "machine: {cores: 1, ns_per_byte: 40}"), 1);
+    // Seconds: the slowest node's completion, and 7 copies at the CPU's rate.
+    let sb = cpu.s_over_b();
+    let s = sb * 200e6 / 8.0;
+    let cpu_floor = 7.0 * s / (1e9 / 40.0);
+    println!(
+        "free {:.3} x S/B; one core {:.3} x S/B (CPU floor {:.3})",
+        free.max_over_s_b(),
+        cpu.max_over_s_b(),
+        cpu_floor / sb
+    );
+    assert!(free.max_over_s_b() < 1.5);
+    assert!(cpu.max_over_s_b() * sb >= 0.99 * cpu_floor);
+    assert!(
+        cpu.max_over_s_b() < 1.3 * cpu_floor / sb,
+        "the CPU's share is used"
+    );
+}

@@ -825,6 +825,8 @@ class Bench:
                 + (f"; all chunks held: median {fetched[len(fetched) // 2]:.1f}s "
                    f"last {fetched[-1]:.1f}s" if fetched else "")
                 + f"; answers busy {busy}, not-found {notfound}"
+                # The simulator's `machine.ns_per_byte` (docs/simulator.md).
+                + f"; {cpu * 1e9 / (len(nodes) * size):.1f} CPU-ns per byte delivered"
                 + (f"; SHA MISMATCH on {bad}" if bad else
                    "; sha256 ok" if self.a.verify else ""))
         self.row(case, "syncnode", size, wall, tx, cpu, note)

@@ -418,6 +418,14 @@ pub fn run(sc: &Scenario, seed: u64) -> Result<sim::Report, PacketError> {
             sc.nodes
         )));
     }
+    if sc.machine.is_some() {
+        return Err(PacketError::Unsupported(
+            "`machine:` (one CPU shared by every host) is modelled by the flow tier only: \
+             the packet tier runs each daemon in simulated time, where CPU work is free. \
+             Use `--tier flow`, or remove `machine:` for the packet tier"
+                .into(),
+        ));
+    }
     let root = std::env::temp_dir().join(format!(
         "syncnode-sim-{}-{}-{seed}",
         std::process::id(),
