@@ -42,6 +42,31 @@ pub fn frame_header(payload: &[u8]) -> [u8; FRAME_HEADER_LEN] {
     h
 }
 
+/// The header of a frame whose payload is `tag` followed by `body`, without
+/// joining them (a chunk's bytes need not be copied behind their tag).
+///
+/// # Panics
+/// If the payload is longer than `u32::MAX` bytes.
+pub fn frame_header_parts(tag: u8, body: &[u8]) -> [u8; FRAME_HEADER_LEN] {
+    let len = u32::try_from(1 + body.len()).expect("frame payload longer than u32::MAX");
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    h[..4].copy_from_slice(&len.to_le_bytes());
+    h[4..].copy_from_slice(&crc32c::crc32c_append(crc32c::crc32c(&[tag]), body).to_le_bytes());
+    h
+}
+
+/// [`check_frame_crc`] of the payload `tag` followed by `body`.
+pub fn check_frame_crc_parts(crc: u32, tag: u8, body: &[u8]) -> Result<(), FrameError> {
+    let actual = crc32c::crc32c_append(crc32c::crc32c(&[tag]), body);
+    if actual != crc {
+        return Err(FrameError::BadCrc {
+            expected: crc,
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// Header followed by `payload`.
 ///
 /// # Panics

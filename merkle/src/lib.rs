@@ -34,8 +34,8 @@ pub use ed25519_dalek;
 pub use erasure::{Erasure, ErasureConfig, ErasureError, Stripe};
 pub use file::{ChunkRef, ChunkedFile, FileChunker};
 pub use frame::{
-    FRAME_HEADER_LEN, FrameError, check_frame_crc, decode_frame, encode_frame, frame_header,
-    parse_frame_header,
+    FRAME_HEADER_LEN, FrameError, check_frame_crc, check_frame_crc_parts, decode_frame,
+    encode_frame, frame_header, frame_header_parts, parse_frame_header,
 };
 pub use hash::{Hash, ParseHashError, sha256};
 pub use manifest::{
