@@ -686,9 +686,22 @@ class Bench:
                 return c.get("current"), c.get("latest")
         return None, None
 
+    @staticmethod
+    def yaml_lines(spec):
+        """Config lines from "key: value; key: value"."""
+        return "".join(kv.strip() + "\n" for kv in (spec or "").split(";") if kv.strip())
+
     def sn_extra_yaml(self):
-        """`--sn-extra` config lines ("key: value; key: value") for every daemon."""
-        return "".join(kv.strip() + "\n" for kv in (self.a.sn_extra or "").split(";") if kv.strip())
+        """`--sn-extra` config lines for every daemon."""
+        return self.yaml_lines(self.a.sn_extra)
+
+    def seed_extra_yaml(self):
+        """`--sn-extra`, then `--seed-extra` (the later of a repeated key wins), for the publisher."""
+        extra = dict(kv.split(":", 1) for kv in
+                     self.yaml_lines(self.a.sn_extra).splitlines() if ":" in kv)
+        extra.update(kv.split(":", 1) for kv in
+                     self.yaml_lines(self.a.seed_extra).splitlines() if ":" in kv)
+        return "".join(f"{k.strip()}:{v}\n" for k, v in extra.items())
 
     def sn_start_seed(self, name, src, version, port, bootstrap=(), started=None):
         d = os.path.join(self.work, "sn", name)
@@ -698,10 +711,10 @@ class Bench:
                 "--listen", f"/ip4/{self.net.ips[0]}/tcp/{port}", "--metrics-listen", "none"]
         for b in bootstrap:
             argv += ["--bootstrap", b]
-        if self.a.sn_extra:
+        if self.a.sn_extra or self.a.seed_extra:
             cfg = os.path.join(self.work, "sn", f"{name}.yaml")
             with open(cfg, "w") as f:
-                f.write(self.sn_extra_yaml())
+                f.write(self.seed_extra_yaml())
             argv += ["--config", cfg]
         p = Proc(name, argv, ns=self.net.hosts[0], logfile=os.path.join(self.work, f"sn-{name}.log"))
         if started is not None:
@@ -1159,6 +1172,9 @@ def main():
     ap.add_argument("--sn-extra", default=None, metavar="'KEY: VALUE; ...'",
                     help="extra config keys for every syncnode daemon (publisher and nodes), "
                          "e.g. 'bandwidth_mode: adaptive; max_downloads: 4'")
+    ap.add_argument("--seed-extra", default=None, metavar="'KEY: VALUE; ...'",
+                    help="extra config keys for the publisher only, after --sn-extra "
+                         "(a key given in both takes this value), e.g. 'max_uploads: 4'")
     ap.add_argument("--queue-ms", type=float, default=50,
                     help="TBF queue (the `latency` parameter) of every shaped link, ms (default 50)")
     ap.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
