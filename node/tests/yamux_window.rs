@@ -1,9 +1,9 @@
-//! The stream window syncnode's yamux grants (patches/yamux,
-//! `SYNCNODE_OUTBOUND_WINDOW`): a stream this side opens lets the remote
-//! send a whole chunk response (up to 1 MiB + 64 KiB) before any of it is
-//! read, so a response never waits a round trip for a window update.
-//! Upstream yamux grants 256 KiB; the control case shows the test tells the
-//! two apart.
+//! The stream window syncnode's yamux can grant (patches/yamux, the
+//! daemon's `stream_window_kib`): with 1088 KiB a stream this side opens
+//! lets the remote send a whole chunk response (up to 1 MiB + 64 KiB)
+//! before any of it is read, so a response never waits a round trip for a
+//! window update. The default is upstream yamux's 256 KiB; the control case
+//! shows the test tells the two apart.
 
 use std::io;
 use std::pin::Pin;
@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, future::poll_fn};
 use tokio::io::{AsyncRead as TokioRead, AsyncWrite as TokioWrite, DuplexStream, ReadBuf};
-use yamux::{Config, Connection, DEFAULT_CREDIT, Mode, SYNCNODE_OUTBOUND_WINDOW, Stream};
+use yamux::{Config, Connection, DEFAULT_CREDIT, Mode, Stream};
+
+const WINDOW: u32 = (1024 + 64) << 10;
 
 /// tokio's in-memory pipe as a futures-io stream, which yamux speaks.
 struct Pipe(DuplexStream);
@@ -98,15 +100,25 @@ async fn written_before_any_read(client_cfg: Config, response: usize) -> usize {
 #[tokio::test(start_paused = true)]
 async fn a_whole_chunk_response_fits_the_window_of_a_stream_we_opened() {
     let response = (1 << 20) + 100; // the largest default chunk and its frame header
-    assert!(response as u32 <= SYNCNODE_OUTBOUND_WINDOW);
-    let sent = written_before_any_read(Config::default(), response).await;
+    let mut cfg = Config::default();
+    cfg.set_outbound_stream_window(WINDOW);
+    let sent = written_before_any_read(cfg, response).await;
     assert_eq!(sent, response, "the response waited for a window update");
 }
 
 #[tokio::test(start_paused = true)]
-async fn upstream_yamux_stops_the_response_at_256_kib() {
-    let mut cfg = Config::default();
-    cfg.set_outbound_stream_window(DEFAULT_CREDIT);
-    let sent = written_before_any_read(cfg, 1 << 20).await;
+async fn by_default_the_response_stops_at_256_kib_as_upstream() {
+    assert_eq!(yamux::default_outbound_stream_window(), DEFAULT_CREDIT);
+    let sent = written_before_any_read(Config::default(), 1 << 20).await;
     assert_eq!(sent, DEFAULT_CREDIT as usize);
+
+    // The process-wide default reaches configs made afterwards, as the
+    // daemon sets it from `stream_window_kib` before building its transport
+    // (libp2p-yamux makes its config with `default()`). Restored at once:
+    // nothing else in this binary reads the default.
+    yamux::set_default_outbound_stream_window(WINDOW);
+    let cfg = Config::default();
+    yamux::set_default_outbound_stream_window(DEFAULT_CREDIT);
+    let sent = written_before_any_read(cfg, 1 << 20).await;
+    assert_eq!(sent, 1 << 20);
 }

@@ -924,6 +924,9 @@ fn build_swarm(
     mesh_peers: Option<usize>,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let request_timeout = Duration::from_secs(cfg.raw.request_timeout_secs * 3);
+    // Read by the yamux config the transport makes (process-wide; see
+    // `stream_window_kib`).
+    yamux::set_default_outbound_stream_window(cfg.raw.stream_window_kib << 10);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         // TCP + (private network) + Noise + yamux as `with_tcp` builds it,

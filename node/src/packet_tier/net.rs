@@ -558,8 +558,11 @@ impl Drop for TurmoilTcp {
 /// a stream's window may grow only while the connection's budget
 /// (`max_connection_receive_window`, 1 GiB by default) exceeds
 /// `max_num_streams` × 256 KiB; at 4096 streams the two are equal, so every
-/// window stays at yamux's 256 KiB and nothing depends on the real-time RTT
-/// yamux measures.
+/// window stays at yamux's 256 KiB and nothing depends on the RTT yamux
+/// measures. That also leaves no budget for the daemon's `stream_window_kib`
+/// (off by default): the packet tier runs the default. Measured with a
+/// budget for it (3840 streams) and 1088 KiB: docs/performance.md,
+/// "Session of 2026-12-02 (2)".
 pub fn yamux_config() -> yamux::Config {
     let mut c = yamux::Config::default();
     c.set_max_num_streams(4096);

@@ -45,18 +45,33 @@ const GIB: usize = MIB * 1024;
 pub const DEFAULT_CREDIT: u32 = 256 * KIB as u32; // as per yamux specification
 
 /// syncnode: the receive window a stream this side opens grants the remote
-/// from the start (1 MiB + 64 KiB: a whole chunk response of syncnode's
-/// default chunker, whose largest chunk is 1 MiB, plus its frame header).
+/// from the start, for every [`Config`] made afterwards by `default()`
+/// (libp2p-yamux builds its config that way and exposes no setter for it).
+/// [`DEFAULT_CREDIT`], upstream yamux's behaviour, unless
+/// [`set_default_outbound_stream_window`] changed it.
 ///
 /// Every stream starts at the specification's 256 KiB; the remote may send
 /// more only after a window update, which it gets once half the window has
 /// been read, one round trip later. A request-response stream lives for one
 /// response, so auto-tuning never grows it, and under load (queues of tens
-/// of milliseconds at every hop) each response larger than 256 KiB stalled
-/// for about one round trip. The opener grants the rest at once instead: one
-/// window update right after its first frame, accounted against
+/// of milliseconds at every hop) a response larger than 256 KiB waits about
+/// one round trip. With a larger window the opener grants the rest at once:
+/// one window update right after its first frame, accounted against
 /// `max_connection_receive_window` like any auto-tuned growth.
-pub const SYNCNODE_OUTBOUND_WINDOW: u32 = (1024 + 64) * KIB as u32;
+static DEFAULT_OUTBOUND_WINDOW: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new(DEFAULT_CREDIT);
+
+/// syncnode: sets the outbound stream window of configs made from now on
+/// (at least [`DEFAULT_CREDIT`]). Process-wide: call it before building
+/// the transport.
+pub fn set_default_outbound_stream_window(n: u32) {
+    DEFAULT_OUTBOUND_WINDOW.store(n.max(DEFAULT_CREDIT), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// syncnode: the window [`Config::default`] grants on outbound streams now.
+pub fn default_outbound_stream_window() -> u32 {
+    DEFAULT_OUTBOUND_WINDOW.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 pub type Result<T> = std::result::Result<T, ConnectionError>;
 
@@ -105,7 +120,7 @@ impl Default for Config {
             max_num_streams: 512,
             read_after_close: true,
             split_send_size: DEFAULT_SPLIT_SEND_SIZE,
-            outbound_stream_window: SYNCNODE_OUTBOUND_WINDOW,
+            outbound_stream_window: default_outbound_stream_window(),
         }
     }
 }
@@ -181,7 +196,7 @@ impl Config {
     }
 
     /// syncnode: the receive window granted on streams this side opens
-    /// (at least [`DEFAULT_CREDIT`]; see [`SYNCNODE_OUTBOUND_WINDOW`]).
+    /// (at least [`DEFAULT_CREDIT`]; see [`set_default_outbound_stream_window`]).
     /// [`DEFAULT_CREDIT`] is upstream yamux's behaviour.
     pub fn set_outbound_stream_window(&mut self, n: u32) -> &mut Self {
         self.outbound_stream_window = n.max(DEFAULT_CREDIT);
