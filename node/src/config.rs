@@ -106,7 +106,7 @@ pub struct NodeConfig {
     /// (each chunk request is one). Default 256, yamux's own: a response
     /// larger than that waits one round trip for a window update. 1088 lets
     /// a whole default chunk (at most 1 MiB) come at once: 8 hosts at
-    /// 100-200 Mbit/s fan out 0.1-0.15 x S/B faster, but an uploader's slot
+    /// 100-200 Mbit/s fan out 0.15-0.45 x S/B faster, but an uploader's slot
     /// then frees as soon as the response is written, so uploaders take on
     /// more transfers at once; in the packet simulator's 30-node, 3-rack case
     /// that cost 1.43 -> 1.78 x S/B and origin egress 1.09 -> 1.67 x S
