@@ -21,6 +21,7 @@
 //! - [`ratelimit`]: bandwidth limits (token buckets on every TCP stream) and
 //!   the adaptive upload mode;
 //! - [`packet_tier`]: the simulator's packet tier (the daemon on turmoil hosts);
+//! - [`sys`]: Linux calls std lacks (disk writeback hints);
 //! - [`cluster`], [`checkpoint`]: process orchestration and generated
 //!   checkpoints, shared by `syncnode demo` and the integration tests.
 
@@ -36,4 +37,5 @@ pub mod publish;
 pub mod ratelimit;
 pub mod security;
 pub mod store;
+pub mod sys;
 pub mod wire;

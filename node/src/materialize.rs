@@ -248,6 +248,8 @@ pub struct Stager {
     /// Set (under the write lock) once materialization takes the folder
     /// over: later writes (late endgame duplicates) are dropped.
     closed: RwLock<bool>,
+    /// Start the disk writeback of every chunk written ([`Stager::with_writeback`]).
+    writeback: bool,
 }
 
 impl std::fmt::Debug for Stager {
@@ -321,6 +323,7 @@ impl Stager {
             files: Vec::with_capacity(manifest.files.len()),
             places: HashMap::new(),
             closed: RwLock::new(false),
+            writeback: false,
         };
         for (i, file) in manifest.files.iter().enumerate() {
             let path = confined_join(&stager.staging, &file.path)?;
@@ -390,6 +393,14 @@ impl Stager {
         }
     }
 
+    /// With `on`, every chunk written starts its disk writeback at once
+    /// ([`crate::sys::start_writeback`]): for daemons that fsync a version
+    /// before it becomes `current`, so that fsync finds little left to do.
+    pub fn with_writeback(mut self, on: bool) -> Self {
+        self.writeback = on;
+        self
+    }
+
     /// Removes the staging folder for good (a failed fetch on a full disk):
     /// the chunk store forgets the chunks kept in it, which count as missing.
     pub fn discard(&self, store: &ChunkStore) {
@@ -430,6 +441,10 @@ impl Stager {
             let (_, f) = open.as_ref().expect("just opened");
             f.write_all_at(data, off)
                 .map_err(io("write", &self.files[file as usize]))?;
+            if self.writeback {
+                // A hint: a failure here shows up in the final fsync if it matters.
+                let _ = crate::sys::start_writeback(f, off, data.len() as u64);
+            }
         }
         written.store(true, Ordering::Release);
         Ok(places.first().copied())

@@ -104,6 +104,11 @@ impl<K: Hash + Eq + Clone> UploadGate<K> {
         self.active
     }
 
+    /// Distinct chunks the version being spread has (spread-first only).
+    pub fn spread_total(&self) -> Option<usize> {
+        self.spread.as_ref().map(|s| s.total)
+    }
+
     /// Distinct chunks that have left this uploader at least once (spread-first only).
     pub fn spread(&self) -> Option<usize> {
         self.spread.as_ref().map(|s| s.first_sent.len())

@@ -108,6 +108,8 @@ struct Version {
     state: VState,
     started: Instant,
     finished: Option<Instant>,
+    /// When every chunk was held and materialization began.
+    materializing_since: Option<Instant>,
     bytes_fetched: u64,
     bytes_reused: u64,
     complete_peers: Set<PeerId>,
@@ -496,6 +498,7 @@ impl Daemon {
                 state: VState::Complete,
                 started: now(),
                 finished: Some(now()),
+                materializing_since: None,
                 bytes_fetched: 0,
                 bytes_reused: total,
                 complete_peers: Set::default(),

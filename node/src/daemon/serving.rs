@@ -185,6 +185,7 @@ impl Daemon {
                         .send_response(channel, Response::NotFound);
                     return;
                 }
+                let spread_before = self.gate.spread();
                 if self.gate.admit(now(), &hash) == Admission::Busy {
                     let _ = self
                         .swarm
@@ -196,6 +197,20 @@ impl Daemon {
                 // Admitted: `gate.finished()` runs when this id's response is
                 // sent or fails (`on_rr`), so nothing may return before this.
                 self.uploads.insert(request_id);
+                if let (Some(b), Some(a), Some(t)) =
+                    (spread_before, self.gate.spread(), self.gate.spread_total())
+                    && b < t
+                    && a == t
+                {
+                    tracing::info!(
+                        chunks = t,
+                        bytes_served = self
+                            .metrics
+                            .bytes_served
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                        "every chunk of the version has now left this publisher once"
+                    );
+                }
                 if self.faults.serve_once {
                     self.fault_refused.insert(hash);
                 }

@@ -146,6 +146,7 @@ impl Daemon {
                 },
                 started: now(),
                 finished: None,
+                materializing_since: None,
                 bytes_fetched: 0,
                 bytes_reused: 0,
                 complete_peers: Set::default(),
@@ -299,7 +300,10 @@ impl Daemon {
         // `materialize::Stager`); without a stager it is built at the end.
         if v.stager.is_none() && !materialize::is_materialized(&self.cfg.raw.data_dir, &m, &root) {
             match materialize::Stager::create(&self.cfg.raw.data_dir, &m, &self.store) {
-                Ok(st) => v.stager = st.map(Arc::new),
+                Ok(st) => {
+                    let fsync = self.cfg.raw.fsync;
+                    v.stager = st.map(|s| Arc::new(s.with_writeback(fsync)));
+                }
                 Err(e) => tracing::warn!(version = %m.version, error = %e,
                     "cannot stage the version's files while fetching; they will be written at the end"),
             }
@@ -396,6 +400,7 @@ impl Daemon {
         };
         v.fetch = None;
         v.state = VState::Materializing;
+        v.materializing_since = Some(now());
         let m = v.manifest.clone().expect("fetching implies a manifest");
         let store = self.store.clone();
         let data_dir = self.cfg.raw.data_dir.clone();
@@ -425,6 +430,9 @@ impl Daemon {
         match r {
             Ok(path) => {
                 let elapsed = now().saturating_duration_since(v.started);
+                let materialize = v
+                    .materializing_since
+                    .map_or(Duration::ZERO, |t| now().saturating_duration_since(t));
                 v.state = VState::Complete;
                 v.finished = Some(now());
                 Metrics::add(&self.metrics.versions_complete, 1);
@@ -433,6 +441,7 @@ impl Daemon {
                     version = %v.signed.version,
                     path = %path.display(),
                     elapsed_ms = elapsed.as_millis() as u64,
+                    materialize_ms = materialize.as_millis() as u64,
                     fetched_bytes = v.bytes_fetched,
                     reused_bytes = v.bytes_reused,
                     "version complete and current"
