@@ -66,6 +66,38 @@ pub enum SecurityError {
     Noise(#[from] noise::Error),
 }
 
+/// The Noise configuration of every connection: the standard libp2p Noise
+/// XX handshake, with `Noise_XX_25519_AESGCM_SHA256` (protocol
+/// `/syncnode/noise-aesgcm/1`, see `patches/libp2p-noise`) offered first
+/// where this CPU has AES instructions ([`aes_gcm_in_hardware`]). Peers that
+/// both offer it use AES-256-GCM; any other pair, or a plain libp2p peer,
+/// negotiates the standard `/noise` (ChaCha20-Poly1305). Measured in
+/// `docs/performance.md` ("Session of 2026-12-02 (4)").
+pub fn noise_config(key: &libp2p::identity::Keypair) -> Result<noise::Config, noise::Error> {
+    Ok(noise::Config::new(key)?.with_aes_gcm(aes_gcm_in_hardware()))
+}
+
+/// Whether AES-256-GCM is the faster transport cipher on this CPU: AES and
+/// carry-less multiplication in hardware (x86-64: AES-NI and PCLMULQDQ;
+/// AArch64: the AES and PMULL crypto extensions). Without them
+/// ChaCha20-Poly1305, which needs neither, is faster and constant-time.
+pub fn aes_gcm_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 /// Reads a private-network key file (`/key/swarm/psk/1.0.0/`, `/base16/`,
 /// 64 hex digits, one per line).
 pub fn read_psk(path: &Path) -> Result<PreSharedKey, SecurityError> {

@@ -865,6 +865,37 @@ impl Daemon {
                 if endpoint.is_dialer() {
                     info.add_addr(endpoint.get_remote_address().clone());
                 }
+                // The peer dialled us while an older connection to it is
+                // up: it dials only when it has no connection to us (every
+                // dial is `PeerCondition::Disconnected`, or a redial after
+                // it closed a cut link), so it has lost that one: it
+                // restarted, or the link broke silently. Such a half-open
+                // connection would otherwise carry requests (and a
+                // heartbeat whose stream never opens) until libp2p's 10 s
+                // negotiation timeout, while the new connection keeps the
+                // session alive. Crossing dials (under 1 s apart) are the
+                // twin rule's above.
+                if !endpoint.is_dialer() {
+                    let stale: Vec<_> = info
+                        .conns
+                        .iter()
+                        .filter(|(id, _, at)| {
+                            *id != connection_id
+                                && t.saturating_duration_since(*at) >= Duration::from_secs(1)
+                        })
+                        .map(|(id, _, _)| *id)
+                        .collect();
+                    if !stale.is_empty() {
+                        tracing::info!(
+                            peer = %peer_id,
+                            closing = stale.len(),
+                            "peer dialled in anew; closing our older connection to it, which it has lost (restart or a silently broken link)"
+                        );
+                        for id in stale {
+                            self.swarm.close_connection(id);
+                        }
+                    }
+                }
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, "peer connected");
                     Metrics::add(&self.metrics.peers, 1);

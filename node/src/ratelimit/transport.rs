@@ -7,7 +7,7 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::Version;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
-use libp2p::{PeerId, Transport, identity, noise, tcp, yamux};
+use libp2p::{PeerId, Transport, identity, tcp, yamux};
 
 use super::{Limited, Limiter};
 
@@ -28,7 +28,7 @@ pub fn transport(
             let fd = stream.0.as_raw_fd();
             Limited::new(stream, limiter.clone(), Some(fd))
         });
-    let noise = noise::Config::new(key)?;
+    let noise = crate::security::noise_config(key)?;
     let yamux = yamux::Config::default();
     Ok(match psk {
         Some(psk) => tcp
