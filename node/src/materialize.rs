@@ -17,8 +17,9 @@
 //! instead of a second copy in a pack (`crate::store`, "Chunks kept in a
 //! version's files"). Materialization then only fills in the chunks that were
 //! not staged (held from an earlier version, rebuilt from parity, or a staged
-//! write that failed) from the store, reads each file back for its SHA-256,
-//! fsyncs and renames. Without staging the whole version was read back from
+//! write that failed) from the store, reads each file back for its SHA-256
+//! and fsyncs it (up to four files at once: the read-back is CPU-bound, and
+//! a checkpoint is usually many shard files), and renames. Without staging the whole version was read back from
 //! the store, re-hashed and written at the end, which on the fan-out
 //! benchmark's 1 GiB case was 18 s of tail after every chunk was held
 //! (`docs/performance.md`); with staging but a copy in the packs too, every
@@ -41,8 +42,8 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use merkle::{Hash, Manifest};
@@ -638,56 +639,116 @@ fn finish_files(
     fsync: bool,
     pause: Duration,
 ) -> Result<(), MaterializeError> {
-    let mut buf = vec![0u8; 1 << 20];
-    for (i, file) in manifest.files.iter().enumerate() {
-        if !pause.is_zero() {
-            std::thread::sleep(pause);
-        }
-        let path = &st.files[i];
-        let out = open_nofollow(path)?;
-        let mut off = 0u64;
-        for c in &file.chunks {
-            let staged = st
-                .places
-                .get(&c.hash)
-                .is_some_and(|(_, w)| w.load(Ordering::Acquire));
-            if !staged {
-                let data = store
-                    .get(&c.hash)?
-                    .filter(|d| d.len() == c.len as usize)
-                    .ok_or_else(|| MaterializeError::MissingChunk {
-                        path: file.path.clone(),
-                        hash: c.hash,
-                    })?;
-                out.write_all_at(&data, off).map_err(io("write", path))?;
+    // Files are independent: up to 4 at once, since reading a file back for
+    // its SHA-256 is CPU-bound (one checkpoint is usually many shard files).
+    // One at a time under the fault-injection pause, which tests use to kill
+    // materialization between files.
+    let n = manifest.files.len();
+    let threads = if pause.is_zero() {
+        std::thread::available_parallelism()
+            .map_or(1, |c| c.get())
+            .min(MATERIALIZE_THREADS)
+            .min(n)
+    } else {
+        1
+    };
+    if threads <= 1 {
+        let mut buf = vec![0u8; 1 << 20];
+        for (i, file) in manifest.files.iter().enumerate() {
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
             }
-            off += u64::from(c.len);
+            finish_file(st, i, file, store, fsync, &mut buf)?;
         }
-        let mut sha = sha2::Sha256::new();
-        let mut rd = fs::File::open(path).map_err(io("read back", path))?;
-        loop {
-            let n = rd.read(&mut buf).map_err(io("read back", path))?;
-            if n == 0 {
-                break;
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed: Mutex<Option<MaterializeError>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n || failed.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                            break;
+                        }
+                        if let Err(e) =
+                            finish_file(st, i, &manifest.files[i], store, fsync, &mut buf)
+                        {
+                            failed
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                            break;
+                        }
+                    }
+                });
             }
-            sha.update(&buf[..n]);
-        }
-        let actual: [u8; 32] = sha.finalize().into();
-        if actual != file.sha256 {
-            return Err(MaterializeError::Sha256Mismatch {
-                path: file.path.clone(),
-                expected: hex::encode(file.sha256),
-                actual: hex::encode(actual),
-            });
-        }
-        out.set_permissions(fs::Permissions::from_mode(file.mode & 0o7777))
-            .map_err(io("chmod", path))?;
-        if fsync {
-            out.sync_all().map_err(io("fsync", path))?;
+        });
+        if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
         }
     }
     if fsync {
         sync_dir(&st.staging)?;
+    }
+    Ok(())
+}
+
+/// Most files [`finish_files`] finishes at once.
+const MATERIALIZE_THREADS: usize = 4;
+
+/// Fills in one staged file's missing chunks from the store, checks its
+/// SHA-256 by reading it back, sets its mode and fsyncs it.
+fn finish_file(
+    st: &Stager,
+    i: usize,
+    file: &merkle::FileEntry,
+    store: &ChunkStore,
+    fsync: bool,
+    buf: &mut [u8],
+) -> Result<(), MaterializeError> {
+    let path = &st.files[i];
+    let out = open_nofollow(path)?;
+    let mut off = 0u64;
+    for c in &file.chunks {
+        let staged = st
+            .places
+            .get(&c.hash)
+            .is_some_and(|(_, w)| w.load(Ordering::Acquire));
+        if !staged {
+            let data = store
+                .get(&c.hash)?
+                .filter(|d| d.len() == c.len as usize)
+                .ok_or_else(|| MaterializeError::MissingChunk {
+                    path: file.path.clone(),
+                    hash: c.hash,
+                })?;
+            out.write_all_at(&data, off).map_err(io("write", path))?;
+        }
+        off += u64::from(c.len);
+    }
+    let mut sha = sha2::Sha256::new();
+    let mut rd = fs::File::open(path).map_err(io("read back", path))?;
+    loop {
+        let n = rd.read(buf).map_err(io("read back", path))?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+    }
+    let actual: [u8; 32] = sha.finalize().into();
+    if actual != file.sha256 {
+        return Err(MaterializeError::Sha256Mismatch {
+            path: file.path.clone(),
+            expected: hex::encode(file.sha256),
+            actual: hex::encode(actual),
+        });
+    }
+    out.set_permissions(fs::Permissions::from_mode(file.mode & 0o7777))
+        .map_err(io("chmod", path))?;
+    if fsync {
+        out.sync_all().map_err(io("fsync", path))?;
     }
     Ok(())
 }
@@ -859,6 +920,70 @@ mod tests {
         drop(st);
         assert_eq!(fs::read(out.join("b.bin")).unwrap(), f2);
         assert!(staging_dirs(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn files_finished_at_once_are_all_checked() {
+        // More files than `MATERIALIZE_THREADS`, all staged; one has a wrong
+        // byte: its mismatch is reported whichever thread checks it, and
+        // nothing becomes current. Then, staged right, all are correct.
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(&dir.path().join(".syncnode"), false).unwrap();
+        let files: Vec<(String, Vec<u8>)> = (0..9)
+            .map(|k| (format!("shard-{k}.bin"), data(6_000 + 977 * k, k as u8)))
+            .collect();
+        let refs: Vec<(&str, Vec<u8>)> =
+            files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+        let m = manifest_for(&store, "v1", &refs);
+        let root = m.root();
+        let stage = |st: &Stager, bad: Option<&str>| {
+            for f in &m.files {
+                let bytes = &files.iter().find(|(p, _)| *p == f.path).unwrap().1;
+                let mut off = 0usize;
+                for c in &f.chunks {
+                    let mut b = bytes[off..off + c.len as usize].to_vec();
+                    if Some(f.path.as_str()) == bad && off == 0 {
+                        b[0] ^= 0x40;
+                    }
+                    st.write_chunk(&c.hash, &b).unwrap();
+                    off += c.len as usize;
+                }
+            }
+        };
+        let st = Stager::create(dir.path(), &m, &store).unwrap().unwrap();
+        stage(&st, Some("shard-6.bin"));
+        let err = materialize_staged(
+            dir.path(),
+            &m,
+            &root,
+            &store,
+            false,
+            Duration::ZERO,
+            Some(&st),
+        )
+        .unwrap_err();
+        match err {
+            MaterializeError::Sha256Mismatch { path, .. } => assert_eq!(path, "shard-6.bin"),
+            other => panic!("expected a SHA-256 mismatch, got {other}"),
+        }
+        assert_eq!(current_version(dir.path(), "ch"), None);
+        drop(st);
+        let st = Stager::create(dir.path(), &m, &store).unwrap().unwrap();
+        stage(&st, None);
+        let out = materialize_staged(
+            dir.path(),
+            &m,
+            &root,
+            &store,
+            true,
+            Duration::ZERO,
+            Some(&st),
+        )
+        .unwrap();
+        for (p, d) in &files {
+            assert_eq!(&fs::read(out.join(p)).unwrap(), d, "{p}");
+        }
+        assert_eq!(current_version(dir.path(), "ch").as_deref(), Some("v1"));
     }
 
     #[test]
