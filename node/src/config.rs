@@ -112,6 +112,14 @@ pub struct NodeConfig {
     /// that cost 1.43 -> 1.78 x S/B and origin egress 1.09 -> 1.67 x S
     /// (`docs/performance.md`). Process-wide (the yamux patch). 256-65536.
     pub stream_window_kib: u32,
+    /// Most bytes of chunk responses, KiB, that may wait on this node's
+    /// uplink (handed to its connections, not yet acknowledged by the
+    /// receivers' TCP) before further chunk requests are answered `Busy`;
+    /// 0 = no bound (only `max_uploads`). A slot of `max_uploads` frees once
+    /// its response is written into the connection, which with a large
+    /// `stream_window_kib` is at once: this bound is what then keeps each
+    /// transfer short. Default 0 (`docs/performance.md`). 0-1048576.
+    pub upload_backlog_kib: u32,
     /// How often newly verified chunks are announced to peers (`Have`), ms.
     /// A chunk is relayable only once announced, so shorter is a faster
     /// fan-out (simulator: 100 nodes at 1.44 x S/B with 100 ms, 1.18 with
@@ -236,6 +244,7 @@ impl Default for NodeConfig {
             max_uploads: 2,
             max_downloads: 6,
             stream_window_kib: 256,
+            upload_backlog_kib: 0,
             have_interval_ms: 100,
             fsync: true,
             worker_threads: 0,
@@ -346,6 +355,15 @@ impl NodeConfig {
                 format!(
                     "{} is out of range 256..=65536 (KiB; 256 is yamux's own window)",
                     self.stream_window_kib
+                ),
+            ));
+        }
+        if self.upload_backlog_kib > 1 << 20 {
+            return Err(value_err(
+                "upload_backlog_kib",
+                format!(
+                    "{} is out of range 0..=1048576 (KiB; 0 = no bound)",
+                    self.upload_backlog_kib
                 ),
             ));
         }

@@ -12,6 +12,20 @@
 //! has left the origin once, or `resend_after` has passed (the first receiver
 //! may have died), it serves copies again.
 //!
+//! An uploader can also bound its *backlog*: bytes it handed to its
+//! connections that the receivers have not yet acknowledged. A slot frees
+//! when its response is written into the connection, which with a large
+//! stream window is at once, long before the bytes leave the host; without
+//! a backlog bound an uploader then runs as many transfers as requests reach
+//! it, each slower, and an origin spreads its first copies thin. With it,
+//! requests are refused while more than `limit` bytes wait on the uplink, so
+//! every transfer it takes on finishes within about `limit / rate`. The
+//! caller reports bytes as it hands responses over ([`UploadGate::queued`])
+//! and the running total of bytes its transport saw acknowledged (or lost
+//! with a closed connection) ([`UploadGate::settled`]); a backlog that makes
+//! no progress for [`BACKLOG_STALL`] is forgotten, so a lost count cannot
+//! shut the uploader for good.
+//!
 //! Like the rest of the crate it is sans-IO: time comes in as arguments.
 
 use std::collections::HashMap;
@@ -22,6 +36,9 @@ use std::time::{Duration, Instant};
 /// rates plus announcement delays, short enough that a lost first copy
 /// costs little.
 pub const DEFAULT_RESEND_AFTER: Duration = Duration::from_millis(500);
+
+/// A backlog that has not shrunk for this long is taken as lost and forgotten.
+pub const BACKLOG_STALL: Duration = Duration::from_secs(2);
 
 /// What to answer a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,12 +56,24 @@ struct Spread<K> {
     resend_after: Duration,
 }
 
+#[derive(Debug)]
+struct Backlog {
+    limit: u64,
+    /// Bytes queued and not yet settled.
+    bytes: u64,
+    /// The transport's settled total when last reported.
+    settled: u64,
+    /// When the backlog last shrank (or started from empty).
+    moved: Instant,
+}
+
 /// Admission control for uploads.
 #[derive(Debug)]
 pub struct UploadGate<K> {
     max_uploads: usize,
     active: usize,
     spread: Option<Spread<K>>,
+    backlog: Option<Backlog>,
 }
 
 impl<K: Hash + Eq + Clone> UploadGate<K> {
@@ -54,7 +83,49 @@ impl<K: Hash + Eq + Clone> UploadGate<K> {
             max_uploads: max_uploads.max(1),
             active: 0,
             spread: None,
+            backlog: None,
         }
+    }
+
+    /// Refuses requests while more than `limit` bytes (at least 1) are queued
+    /// on the uplink and not yet acknowledged; `settled` is the transport's
+    /// running total now (see the module docs).
+    pub fn with_backlog_limit(mut self, limit: u64, now: Instant, settled: u64) -> Self {
+        self.backlog = Some(Backlog {
+            limit: limit.max(1),
+            bytes: 0,
+            settled,
+            moved: now,
+        });
+        self
+    }
+
+    /// The transport's running total of bytes acknowledged by receivers (or
+    /// lost with their connection); it only grows.
+    pub fn settled(&mut self, now: Instant, total: u64) {
+        if let Some(b) = &mut self.backlog {
+            let delta = total.saturating_sub(b.settled);
+            b.settled = b.settled.max(total);
+            if delta > 0 && b.bytes > 0 {
+                b.bytes = b.bytes.saturating_sub(delta);
+                b.moved = now;
+            }
+        }
+    }
+
+    /// `bytes` of a response were handed to the transport.
+    pub fn queued(&mut self, now: Instant, bytes: u64) {
+        if let Some(b) = &mut self.backlog {
+            if b.bytes == 0 {
+                b.moved = now;
+            }
+            b.bytes += bytes;
+        }
+    }
+
+    /// Bytes queued and not yet acknowledged (0 without a backlog limit).
+    pub fn backlog(&self) -> u64 {
+        self.backlog.as_ref().map_or(0, |b| b.bytes)
     }
 
     /// Spread first (for the origin of a version of `total` distinct chunks).
@@ -76,6 +147,14 @@ impl<K: Hash + Eq + Clone> UploadGate<K> {
     pub fn admit(&mut self, now: Instant, key: &K) -> Admission {
         if self.active >= self.max_uploads {
             return Admission::Busy;
+        }
+        if let Some(b) = &mut self.backlog {
+            if b.bytes > 0 && now.saturating_duration_since(b.moved) >= BACKLOG_STALL {
+                b.bytes = 0;
+            }
+            if b.bytes >= b.limit {
+                return Admission::Busy;
+            }
         }
         if let Some(sp) = &mut self.spread {
             let spreading = sp.first_sent.len() < sp.total;
@@ -129,6 +208,61 @@ mod tests {
         g.finished();
         assert_eq!(g.admit(now, &2), Admission::Serve);
         assert_eq!(g.active(), 2);
+    }
+
+    #[test]
+    fn a_backlog_limit_refuses_until_bytes_are_acknowledged() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut g = UploadGate::new(100).with_backlog_limit(1000, t, 5_000);
+        // Written responses free their slots, but their bytes still wait.
+        for _ in 0..2 {
+            assert_eq!(g.admit(t, &1), Admission::Serve);
+            g.queued(t, 600);
+            g.finished();
+        }
+        assert_eq!(g.backlog(), 1200);
+        assert_eq!(g.admit(t + ms(1), &1), Admission::Busy);
+        // The transport's total counts from where it stood at the start.
+        g.settled(t + ms(5), 5_100);
+        assert_eq!(g.backlog(), 1100);
+        assert_eq!(g.admit(t + ms(5), &1), Admission::Busy);
+        g.settled(t + ms(9), 5_300);
+        assert_eq!(g.backlog(), 900);
+        assert_eq!(g.admit(t + ms(9), &1), Admission::Serve);
+        g.finished();
+        // More acknowledged than queued (framing, other messages): never below 0,
+        // and a total that goes back (a reset counter) changes nothing.
+        g.settled(t + ms(10), 9_000);
+        assert_eq!(g.backlog(), 0);
+        g.settled(t + ms(11), 100);
+        g.queued(t + ms(11), 500);
+        g.settled(t + ms(12), 9_200);
+        assert_eq!(g.backlog(), 300);
+    }
+
+    #[test]
+    fn a_backlog_that_never_drains_is_forgotten() {
+        let t = Instant::now();
+        let mut g = UploadGate::new(4).with_backlog_limit(1000, t, 0);
+        assert_eq!(g.admit(t, &1), Admission::Serve);
+        g.queued(t, 5000);
+        g.finished();
+        // Its connection died and nothing is acknowledged any more.
+        assert_eq!(g.admit(t + BACKLOG_STALL / 2, &1), Admission::Busy);
+        assert_eq!(g.admit(t + BACKLOG_STALL, &1), Admission::Serve);
+        assert_eq!(g.backlog(), 0);
+    }
+
+    #[test]
+    fn without_a_backlog_limit_bytes_are_not_counted() {
+        let t = Instant::now();
+        let mut g = UploadGate::new(1);
+        assert_eq!(g.admit(t, &1), Admission::Serve);
+        g.queued(t, 1 << 30);
+        g.finished();
+        assert_eq!(g.admit(t, &1), Admission::Serve);
+        assert_eq!(g.backlog(), 0);
     }
 
     #[test]

@@ -399,6 +399,10 @@ impl Daemon {
         let (mat_tx, mat_rx) = mpsc::channel(16);
         let (rebuilt_tx, rebuilt_rx) = mpsc::channel(64);
         let mut gate = UploadGate::new(cfg.raw.max_uploads);
+        if cfg.raw.upload_backlog_kib > 0 {
+            let limit = u64::from(cfg.raw.upload_backlog_kib) << 10;
+            gate = gate.with_backlog_limit(limit, now(), limiter.settled());
+        }
         if let Some(sp) = &seed {
             gate.spread_anew(sp.manifest.unique_chunks().len(), DEFAULT_RESEND_AFTER);
         }
@@ -644,6 +648,9 @@ impl Daemon {
                 _ = &mut stop => break,
                 Some(s) = self.stored_rx.recv() => self.on_stored(s),
                 Some((ch, resp)) = self.served_rx.recv() => {
+                    if let Response::Chunk(d) = &resp {
+                        self.gate.queued(now(), d.len() as u64);
+                    }
                     let _ = self.swarm.behaviour_mut().rr.send_response(ch, resp);
                 }
                 Some(r) = self.rebuilt_rx.recv() => self.on_rebuilt(r),

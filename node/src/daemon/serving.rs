@@ -186,7 +186,9 @@ impl Daemon {
                     return;
                 }
                 let spread_before = self.gate.spread();
-                if self.gate.admit(now(), &hash) == Admission::Busy {
+                let now = now();
+                self.gate.settled(now, self.limiter.settled());
+                if self.gate.admit(now, &hash) == Admission::Busy {
                     let _ = self
                         .swarm
                         .behaviour_mut()

@@ -297,8 +297,8 @@ async fn host_main(sh: Rc<Shared>, i: usize) -> Result<(), Box<dyn std::error::E
         sim: Some(SimHost {
             identity,
             rng_seed: mix(sh.seed, (i as u64) << 32 | u64::from(h.incarnation)),
-            transport: Box::new(move |key, _limiter| {
-                net::transport(key, net::Nic::start(h.mbps, traffic))
+            transport: Box::new(move |key, limiter| {
+                net::transport(key, net::Nic::start(h.mbps, traffic, limiter))
             }),
             faults: h.faults.clone(),
             mesh_peers: sh.hosts.borrow().len(),

@@ -128,6 +128,8 @@ type ConnKey = (SocketAddr, SocketAddr);
 /// daemon's own limiter) would turn that order into different timings.
 pub struct Nic {
     rate: f64,
+    /// Told of every byte put on the wire (upload admission's backlog).
+    limiter: Arc<crate::ratelimit::Limiter>,
     conns: Mutex<BTreeMap<ConnKey, Arc<Mutex<Conn>>>>,
     traffic: Arc<Traffic>,
     /// Read buffer of [`Conn::receive`], kept instead of allocated and
@@ -137,9 +139,14 @@ pub struct Nic {
 
 impl Nic {
     /// A NIC of `mbps` Mbit/s each way, and its task on the current runtime.
-    pub fn start(mbps: f64, traffic: Arc<Traffic>) -> Arc<Nic> {
+    pub fn start(
+        mbps: f64,
+        traffic: Arc<Traffic>,
+        limiter: Arc<crate::ratelimit::Limiter>,
+    ) -> Arc<Nic> {
         let nic = Arc::new(Nic {
             rate: mbps * 1e6 / 8.0,
+            limiter,
             conns: Mutex::new(BTreeMap::new()),
             traffic,
             scratch: Mutex::new(Vec::new()),
@@ -193,7 +200,12 @@ impl Nic {
             // Forget connections that are finished both ways.
             map.retain(|_, c| {
                 let c = c.lock().expect("conn lock");
-                !(c.dropped && (c.shut || c.error.is_some()))
+                let done = c.dropped && (c.shut || c.error.is_some());
+                if done {
+                    // Bytes that will never go out no longer wait either.
+                    self.limiter.delivered(c.tx_len as u64);
+                }
+                !done
             });
             map.values().cloned().collect()
         };
@@ -227,6 +239,8 @@ impl Nic {
             for c in &conns {
                 c.lock().expect("conn lock").maybe_shutdown();
             }
+            self.limiter
+                .delivered((budget.floor() as usize - left) as u64);
         }
         left as f64 + budget.fract()
     }

@@ -128,11 +128,39 @@ struct State {
     adaptive: Option<Adaptive>,
 }
 
+/// One live stream, for `TCP_INFO` sampling and the settled count.
+struct Sock {
+    /// The TCP socket; `None` for streams that are not one (tests).
+    fd: Option<RawFd>,
+    /// Bytes written to it.
+    written: u64,
+    /// Bytes its peer acknowledged, as last read (at most `written`).
+    acked: u64,
+}
+
+/// Every stream's sent and acknowledged bytes (see [`Limiter::settled`]).
+#[derive(Default)]
+pub(crate) struct Sockets {
+    live: HashMap<u64, Sock>,
+    /// Bytes of closed streams (all of what they were given: it arrived or
+    /// is lost), streams without a socket, and a simulated NIC's deliveries.
+    settled: u64,
+}
+
+impl Sockets {
+    /// The live TCP sockets: (stream id, fd).
+    pub(crate) fn fds(&self) -> impl Iterator<Item = (u64, RawFd)> + '_ {
+        self.live
+            .iter()
+            .filter_map(|(id, s)| s.fd.map(|fd| (*id, fd)))
+    }
+}
+
 /// The daemon's shared rate limiter. See the module docs.
 pub struct Limiter {
     state: Mutex<State>,
-    /// Live TCP sockets (stream id → fd), for `TCP_INFO` sampling.
-    sockets: Mutex<HashMap<u64, RawFd>>,
+    /// Live streams, for `TCP_INFO` sampling and [`Limiter::settled`].
+    sockets: Mutex<Sockets>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -157,7 +185,7 @@ impl Limiter {
                 mode: Mode::Fixed,
                 adaptive: None,
             }),
-            sockets: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(Sockets::default()),
             next_id: AtomicU64::new(1),
             metrics,
         };
@@ -246,22 +274,71 @@ impl Limiter {
 
     pub(crate) fn register(&self, fd: Option<RawFd>) -> u64 {
         let id = self.next_id.fetch_add(1, Relaxed);
-        if let Some(fd) = fd {
-            self.sockets_lock().insert(id, fd);
-        }
+        self.sockets_lock().live.insert(
+            id,
+            Sock {
+                fd,
+                written: 0,
+                acked: 0,
+            },
+        );
         id
     }
 
     pub(crate) fn unregister(&self, id: u64) {
-        self.sockets_lock().remove(&id);
+        let mut s = self.sockets_lock();
+        if let Some(sock) = s.live.remove(&id) {
+            s.settled += sock.written;
+        }
     }
 
-    /// Runs `f` with the live sockets; a stream cannot close its fd meanwhile.
-    pub(crate) fn with_sockets<R>(&self, f: impl FnOnce(&HashMap<u64, RawFd>) -> R) -> R {
+    /// Stream `id` wrote `n` bytes.
+    pub(crate) fn wrote(&self, id: u64, n: usize) {
+        let mut s = self.sockets_lock();
+        let no_socket = match s.live.get_mut(&id) {
+            Some(sock) => {
+                sock.written += n as u64;
+                sock.fd.is_none()
+            }
+            None => true,
+        };
+        if no_socket {
+            s.settled += n as u64;
+        }
+    }
+
+    /// A simulated NIC put `n` bytes on the wire (the packet tier has no
+    /// sockets to ask): they count as settled.
+    pub fn delivered(&self, n: u64) {
+        self.sockets_lock().settled += n;
+    }
+
+    /// Running total of bytes written by this daemon that no longer wait on
+    /// the uplink: acknowledged by the receiver (`TCP_INFO`'s
+    /// `tcpi_bytes_acked`, read now from every live socket), written to a
+    /// stream since closed, or delivered by a simulated NIC. Bytes written
+    /// minus this is the uplink backlog that upload admission bounds
+    /// (`upload_backlog_kib`). It only grows.
+    pub fn settled(&self) -> u64 {
+        let mut s = self.sockets_lock();
+        let mut total = s.settled;
+        for sock in s.live.values_mut() {
+            if let Some(fd) = sock.fd
+                && let Ok(info) = tcpinfo::read(fd)
+            {
+                sock.acked = sock.acked.max(info.bytes_acked.min(sock.written));
+            }
+            total += sock.acked;
+        }
+        total
+    }
+
+    /// Runs `f` with the live streams; a stream cannot close its fd meanwhile.
+    pub(crate) fn with_sockets<R>(&self, f: impl FnOnce(&Sockets) -> R) -> R {
         f(&self.sockets_lock())
     }
 
-    fn sockets_lock(&self) -> MutexGuard<'_, HashMap<u64, RawFd>> {
+    fn sockets_lock(&self) -> MutexGuard<'_, Sockets> {
         self.sockets.lock().unwrap_or_else(|p| p.into_inner())
     }
 

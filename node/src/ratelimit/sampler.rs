@@ -35,7 +35,7 @@ pub fn spawn_sampler(limiter: Arc<Limiter>) -> tokio::task::JoinHandle<()> {
                 window = Window::default();
                 continue;
             }
-            limiter.with_sockets(|socks| window.probe(socks));
+            limiter.with_sockets(|socks| window.probe(socks.fds()));
             n += 1;
             if n.is_multiple_of(PROBES_PER_SAMPLE) {
                 let sample = window.finish();
@@ -67,9 +67,10 @@ struct Window {
 
 impl Window {
     /// Reads every live socket once; forgets closed ones.
-    fn probe(&mut self, socks: &HashMap<u64, RawFd>) {
+    fn probe(&mut self, socks: impl Iterator<Item = (u64, RawFd)>) {
+        let socks: HashMap<u64, RawFd> = socks.collect();
         self.conns.retain(|id, _| socks.contains_key(id));
-        for (&id, &fd) in socks {
+        for (id, fd) in socks {
             if let Ok(info) = tcpinfo::read(fd) {
                 self.observe(id, &info);
             }
@@ -155,7 +156,7 @@ mod tests {
     fn closed_sockets_are_forgotten() {
         let mut w = Window::default();
         w.observe(7, &info(0, 0, 1, 1));
-        w.probe(&HashMap::new());
+        w.probe(std::iter::empty());
         assert!(w.conns.is_empty());
     }
 }

@@ -175,6 +175,9 @@ impl<S: Unpin> Limited<S> {
                 .with_bucket(dir, |b| b.refund(now, g - used as u64));
         }
         self.limiter.count(dir, used);
+        if dir == Dir::Up && used > 0 {
+            self.limiter.wrote(self.id, used);
+        }
         res
     }
 }
