@@ -128,6 +128,15 @@ impl<T> Network<T> {
         self.ups[host].len()
     }
 
+    /// Bytes left to cross on the flows `host` sends, at time `t`.
+    pub fn upload_remaining(&self, host: usize, t: u64) -> f64 {
+        self.ups[host]
+            .iter()
+            .filter_map(|i| self.get(FlowId(*i)))
+            .map(|f| f.remaining_at(t))
+            .sum()
+    }
+
     /// Flows received by `host`.
     pub fn downloads(&self, host: usize) -> usize {
         self.downs[host].len()

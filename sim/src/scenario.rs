@@ -333,6 +333,16 @@ pub struct SwarmKnobs {
     /// the time to receive 8 mean chunks at the node's measured rate
     /// (default false: every `announce_interval_ms`).
     pub announce_follows_rate: bool,
+    /// Packet tier only: the daemon's `stream_window_kib`, the receive
+    /// window granted on the streams a node opens (default 256, yamux's
+    /// own). The flow tier has no stream windows: `slot_release_kib` is
+    /// its counterpart.
+    pub stream_window_kib: u32,
+    /// The daemon's `upload_backlog_kib`: the bytes an uploader may have
+    /// handed to its connections and not yet seen delivered before it
+    /// answers `Busy` (default 0: no bound). The flow tier counts a
+    /// transfer from its admission until its last byte crossed.
+    pub upload_backlog_kib: u32,
 }
 
 impl Default for SwarmKnobs {
@@ -349,6 +359,8 @@ impl Default for SwarmKnobs {
             slot_release_kib: 0,
             cover_round_trip: true,
             announce_follows_rate: false,
+            stream_window_kib: 256,
+            upload_backlog_kib: 0,
         }
     }
 }

@@ -252,6 +252,7 @@ impl Shared {
              channels: [\"{CHANNEL}\"]\ntrusted_publishers: [\"{}\"]\nmetrics_listen: null\n\
              fsync: false\nmax_peers: {}\nmax_uploads: {}\nmax_downloads: {}\n\
              have_interval_ms: {}\npeer_timeout_ms: {}\n\
+             stream_window_kib: {}\nupload_backlog_kib: {}\n\
              labels: {{region: \"r{}\", zone: \"z{}\", rack: \"k{}\", host: \"{}\"}}\n",
             data_dir.display(),
             self.trusted,
@@ -260,6 +261,8 @@ impl Shared {
             k.download_slots,
             k.announce_interval_ms.round().max(1.0),
             k.peer_timeout_ms.round().max(1.0),
+            k.stream_window_kib,
+            k.upload_backlog_kib,
             h.region,
             h.zone,
             h.rack,

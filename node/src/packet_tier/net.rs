@@ -4,9 +4,9 @@
 //! `turmoil::net` sockets; [`transport`] stacks on it what the daemon's TCP
 //! transport stacks on real sockets: the bandwidth [`Limited`] wrapper (here
 //! the host's NIC: its upload and download limits are the scenario's link
-//! rate), Noise and yamux. yamux's receive-window auto-tuning, which times
-//! window updates on the real clock, is switched off (see [`yamux_config`]),
-//! so a run does not depend on how fast the machine running it is.
+//! rate), Noise and yamux. yamux's receive-window auto-tuning, which
+//! follows round trips yamux measures itself, is switched off (see
+//! [`yamux_config`]), so a stream's window is what the daemon's config says.
 //!
 //! Every write is recorded in [`Traffic`]: bytes per (source, destination)
 //! host pair, for origin egress and bytes per link class, and a hash of
@@ -568,19 +568,18 @@ impl Drop for TurmoilTcp {
     }
 }
 
-/// yamux as the daemon configures it, with receive-window auto-tuning off:
-/// a stream's window may grow only while the connection's budget
-/// (`max_connection_receive_window`, 1 GiB by default) exceeds
-/// `max_num_streams` × 256 KiB; at 4096 streams the two are equal, so every
-/// window stays at yamux's 256 KiB and nothing depends on the RTT yamux
-/// measures. That also leaves no budget for the daemon's `stream_window_kib`
-/// (off by default): the packet tier runs the default. Measured with a
-/// budget for it (3840 streams) and 1088 KiB: docs/performance.md,
-/// "Session of 2026-12-02 (2)".
+/// yamux as the daemon configures it (512 streams, so the connection's 1
+/// GiB receive budget leaves room for the daemon's `stream_window_kib`
+/// grant), with receive-window auto-tuning off: auto-tuning doubles a
+/// stream's window when half of it was used within two measured round
+/// trips, which makes the run depend on RTT samples the daemon never
+/// controls. A request-response stream lives for one response, so in the
+/// daemon it hardly ever triggers. The switch is process-wide (the patched
+/// yamux's `set_default_receive_window_auto_tuning`): `syncnode sim` runs no
+/// real daemon.
 pub fn yamux_config() -> yamux::Config {
-    let mut c = yamux::Config::default();
-    c.set_max_num_streams(4096);
-    c
+    ::yamux::set_default_receive_window_auto_tuning(false);
+    yamux::Config::default()
 }
 
 /// turmoil TCP → the host's [`Nic`] → Noise → yamux. The daemon's own

@@ -73,6 +73,16 @@ pub fn default_outbound_stream_window() -> u32 {
     DEFAULT_OUTBOUND_WINDOW.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+static DEFAULT_AUTO_TUNE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// syncnode: whether configs made from now on auto-tune receive windows
+/// (see [`Config::set_receive_window_auto_tuning`]). Process-wide, for
+/// callers that build yamux through a wrapper without access to this
+/// `Config` (libp2p-yamux): call it before building the transport.
+pub fn set_default_receive_window_auto_tuning(on: bool) {
+    DEFAULT_AUTO_TUNE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub type Result<T> = std::result::Result<T, ConnectionError>;
 
 /// The maximum number of streams we will open without an acknowledgement from the other peer.
@@ -111,6 +121,7 @@ pub struct Config {
     read_after_close: bool,
     split_send_size: usize,
     outbound_stream_window: u32,
+    auto_tune: bool,
 }
 
 impl Default for Config {
@@ -121,6 +132,7 @@ impl Default for Config {
             read_after_close: true,
             split_send_size: DEFAULT_SPLIT_SEND_SIZE,
             outbound_stream_window: default_outbound_stream_window(),
+            auto_tune: DEFAULT_AUTO_TUNE.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -202,6 +214,20 @@ impl Config {
         self.outbound_stream_window = n.max(DEFAULT_CREDIT);
         self
     }
+
+    /// syncnode: turn receive-window auto-tuning on (upstream's behaviour,
+    /// the default) or off. Auto-tuning compares wall-clock time against
+    /// the measured RTT, so a simulator on virtual time turns it off to
+    /// stay deterministic; the initial grant of
+    /// [`Config::set_outbound_stream_window`] still applies.
+    pub fn set_receive_window_auto_tuning(&mut self, on: bool) -> &mut Self {
+        self.auto_tune = on;
+        self
+    }
+
+    pub(crate) fn receive_window_auto_tuning(&self) -> bool {
+        self.auto_tune
+    }
 }
 
 // Check that we can safely cast a `usize` to a `u64`.
@@ -231,6 +257,7 @@ impl quickcheck::Arbitrary for Config {
             read_after_close: bool::arbitrary(g),
             split_send_size: g.gen_range(DEFAULT_SPLIT_SEND_SIZE..usize::MAX),
             outbound_stream_window: DEFAULT_CREDIT,
+            auto_tune: true,
         }
     }
 }

@@ -209,8 +209,10 @@ impl World {
         let s = &self.hosts[server as usize];
         let held = s.store[gid as usize];
         let now = self.now();
-        let admitted =
-            held != 0 && self.hosts[server as usize].gate.admit(now, &gid) == Admission::Serve;
+        let backlogged = held != 0 && self.over_backlog(server);
+        let admitted = held != 0
+            && !backlogged
+            && self.hosts[server as usize].gate.admit(now, &gid) == Admission::Serve;
         let s = &self.hosts[server as usize];
         if held == 0 || !admitted {
             let busy = held != 0;
@@ -256,6 +258,26 @@ impl World {
             .queue
             .push_back(tr);
         self.pump_pair(server, client);
+    }
+
+    /// Whether `server` has `swarm.upload_backlog_kib` or more admitted and
+    /// not yet delivered (the daemon's `upload_backlog_kib`: its gate counts
+    /// a response's bytes once handed to the connection, until the
+    /// receiver's TCP acknowledges them; here they are delivered when they
+    /// have crossed). Never with the bound off (0).
+    fn over_backlog(&self, server: HostId) -> bool {
+        let limit = u64::from(self.sc.swarm.upload_backlog_kib) << 10;
+        if limit == 0 {
+            return false;
+        }
+        let waiting: u64 = self
+            .pairs
+            .range((server, 0)..=(server, HostId::MAX))
+            .flat_map(|(_, p)| &p.queue)
+            .map(|tr| u64::from(self.lens[tr.gid as usize]))
+            .sum();
+        let crossing = self.net.upload_remaining(server as usize, self.t);
+        waiting as f64 + crossing >= limit as f64
     }
 
     /// Starts the next transfer waiting on connection (server, client)

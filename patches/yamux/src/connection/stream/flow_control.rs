@@ -99,6 +99,7 @@ impl FlowController {
         //
         // https://docs.google.com/document/d/1F2YfdDXKpy20WVKJueEf4abn_LVZHhMUMS5gX6Pgjl4/edit?usp=sharing
         if !std::mem::take(&mut self.initial_grant)
+            && self.config.receive_window_auto_tuning()
             && self
                 .rtt
                 .get()
