@@ -103,14 +103,15 @@ pub struct NodeConfig {
     /// (`docs/performance.md`).
     pub max_downloads: usize,
     /// Receive window, KiB, granted at once on every stream this node opens
-    /// (each chunk request is one). Default 256, yamux's own: a response
-    /// larger than that waits one round trip for a window update. 1088 lets
-    /// a whole default chunk (at most 1 MiB) come at once: 8 hosts at
-    /// 100-200 Mbit/s fan out 0.15-0.45 x S/B faster, but an uploader's slot
-    /// then frees as soon as the response is written, so uploaders take on
-    /// more transfers at once; in the packet simulator's 30-node, 3-rack case
-    /// that cost 1.43 -> 1.78 x S/B and origin egress 1.09 -> 1.67 x S
-    /// (`docs/performance.md`). Process-wide (the yamux patch). 256-65536.
+    /// (each chunk request is one). Default 1088: a whole default chunk (at
+    /// most 1 MiB) comes at once instead of waiting, after yamux's own 256
+    /// KiB, one round trip for a window update, a round trip that under load
+    /// crosses the requester's own busy upload queue. An uploader's slot then
+    /// frees as soon as its response is written, so `upload_backlog_kib` is
+    /// what bounds its transfers; the two together are 0.1 x S/B faster on
+    /// the 8-host fan-out benchmark at 128 MiB and 1 GiB (`docs/performance.md`,
+    /// "Session of 2026-12-03"). 256 is upstream yamux's behaviour.
+    /// Process-wide (the yamux patch). 256-65536.
     pub stream_window_kib: u32,
     /// Most bytes of chunk responses, KiB, that may wait on this node's
     /// uplink (handed to its connections, not yet acknowledged by the
@@ -118,7 +119,8 @@ pub struct NodeConfig {
     /// 0 = no bound (only `max_uploads`). A slot of `max_uploads` frees once
     /// its response is written into the connection, which with a large
     /// `stream_window_kib` is at once: this bound is what then keeps each
-    /// transfer short. Default 0 (`docs/performance.md`). 0-1048576.
+    /// transfer short. Default 2048 (8 hosts at 200 Mbit/s: 1024 gave
+    /// 1.36-1.41 x S/B, 2048 1.27-1.32; `docs/performance.md`). 0-1048576.
     pub upload_backlog_kib: u32,
     /// How often newly verified chunks are announced to peers (`Have`), ms.
     /// A chunk is relayable only once announced, so shorter is a faster
@@ -243,8 +245,8 @@ impl Default for NodeConfig {
             max_peers: 64,
             max_uploads: 2,
             max_downloads: 6,
-            stream_window_kib: 256,
-            upload_backlog_kib: 0,
+            stream_window_kib: 1088,
+            upload_backlog_kib: 2048,
             have_interval_ms: 100,
             fsync: true,
             worker_threads: 0,

@@ -26,6 +26,17 @@
 //! no progress for [`BACKLOG_STALL`] is forgotten, so a lost count cannot
 //! shut the uploader for good.
 //!
+//! A fixed byte bound would cap an uploader far from its receivers: with
+//! 2 MiB allowed and a 50 ms round trip, at most 40 MB/s could ever be in
+//! flight. So the bound is never below two bandwidth-delay products of the
+//! uplink ([`UploadGate::backlog_limit`]): the rate at which bytes settle,
+//! measured while a backlog waits, times the base round trip the caller
+//! reports ([`UploadGate::base_rtt`], the largest minimum RTT among the
+//! connections with bytes in flight). Base RTTs do not grow with queueing,
+//! so the floor follows the path, not the backlog itself; and since a
+//! doubled floor lets the rate double, it reaches the link rate in a few
+//! round trips, as TCP's slow start does.
+//!
 //! Like the rest of the crate it is sans-IO: time comes in as arguments.
 
 use std::collections::HashMap;
@@ -39,6 +50,9 @@ pub const DEFAULT_RESEND_AFTER: Duration = Duration::from_millis(500);
 
 /// A backlog that has not shrunk for this long is taken as lost and forgotten.
 pub const BACKLOG_STALL: Duration = Duration::from_secs(2);
+
+/// The shortest span over which the settle rate is sampled.
+const RATE_SPAN: Duration = Duration::from_millis(100);
 
 /// What to answer a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +79,21 @@ struct Backlog {
     settled: u64,
     /// When the backlog last shrank (or started from empty).
     moved: Instant,
+    /// Settle rate, bytes/s (a moving average of samples taken while a
+    /// backlog waited), 0 until measured.
+    rate: f64,
+    /// The current rate sample: since when, and bytes settled in it.
+    span_start: Instant,
+    span_bytes: u64,
+    /// Base round trip of the connections with bytes in flight.
+    rtt: Duration,
+}
+
+impl Backlog {
+    fn limit(&self) -> u64 {
+        let bdp = self.rate * self.rtt.as_secs_f64();
+        self.limit.max((2.0 * bdp) as u64)
+    }
 }
 
 /// Admission control for uploads.
@@ -96,8 +125,27 @@ impl<K: Hash + Eq + Clone> UploadGate<K> {
             bytes: 0,
             settled,
             moved: now,
+            rate: 0.0,
+            span_start: now,
+            span_bytes: 0,
+            rtt: Duration::ZERO,
         });
         self
+    }
+
+    /// The base round trip to the receivers now (see the module docs);
+    /// [`Duration::ZERO`] when unknown, which leaves the configured limit.
+    pub fn base_rtt(&mut self, rtt: Duration) {
+        if let Some(b) = &mut self.backlog {
+            b.rtt = rtt;
+        }
+    }
+
+    /// The bound admission applies now: the configured limit or two
+    /// measured bandwidth-delay products, whichever is larger (`None`
+    /// without a backlog limit).
+    pub fn backlog_limit(&self) -> Option<u64> {
+        self.backlog.as_ref().map(Backlog::limit)
     }
 
     /// The transport's running total of bytes acknowledged by receivers (or
@@ -106,9 +154,29 @@ impl<K: Hash + Eq + Clone> UploadGate<K> {
         if let Some(b) = &mut self.backlog {
             let delta = total.saturating_sub(b.settled);
             b.settled = b.settled.max(total);
-            if delta > 0 && b.bytes > 0 {
+            let waited = b.bytes > 0;
+            if delta > 0 && waited {
                 b.bytes = b.bytes.saturating_sub(delta);
                 b.moved = now;
+            }
+            // Sample the rate only over spans in which bytes waited: an idle
+            // uplink says nothing about its capacity.
+            if waited {
+                b.span_bytes += delta;
+                let span = now.saturating_duration_since(b.span_start);
+                if span >= RATE_SPAN {
+                    let sample = b.span_bytes as f64 / span.as_secs_f64();
+                    b.rate = if b.rate == 0.0 {
+                        sample
+                    } else {
+                        0.75 * b.rate + 0.25 * sample
+                    };
+                    b.span_start = now;
+                    b.span_bytes = 0;
+                }
+            } else {
+                b.span_start = now;
+                b.span_bytes = 0;
             }
         }
     }
@@ -152,7 +220,7 @@ impl<K: Hash + Eq + Clone> UploadGate<K> {
             if b.bytes > 0 && now.saturating_duration_since(b.moved) >= BACKLOG_STALL {
                 b.bytes = 0;
             }
-            if b.bytes >= b.limit {
+            if b.bytes >= b.limit() {
                 return Admission::Busy;
             }
         }
@@ -239,6 +307,46 @@ mod tests {
         g.queued(t + ms(11), 500);
         g.settled(t + ms(12), 9_200);
         assert_eq!(g.backlog(), 300);
+    }
+
+    #[test]
+    fn the_backlog_bound_covers_two_bandwidth_delay_products() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut g = UploadGate::new(100).with_backlog_limit(1000, t, 0);
+        // A far receiver: 50 ms base round trip. Nothing measured yet.
+        g.base_rtt(ms(50));
+        assert_eq!(g.backlog_limit(), Some(1000));
+        g.queued(t, 1_000_000);
+        // 100 KB settle every 10 ms while the backlog waits: 10 MB/s.
+        for i in 1..=10 {
+            g.settled(t + ms(10 * i), 100_000 * i);
+        }
+        // Two bandwidth-delay products: 2 x 10 MB/s x 50 ms.
+        assert_eq!(g.backlog_limit(), Some(1_000_000));
+        g.queued(t + ms(100), 500_000);
+        assert_eq!(g.backlog(), 500_000);
+        assert_eq!(g.admit(t + ms(100), &1), Admission::Serve);
+        g.finished();
+        // A near receiver: the configured limit applies again.
+        g.base_rtt(ms(0));
+        assert_eq!(g.backlog_limit(), Some(1000));
+        assert_eq!(g.admit(t + ms(100), &1), Admission::Busy);
+    }
+
+    #[test]
+    fn an_idle_uplink_does_not_lower_the_measured_rate() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut g: UploadGate<u32> = UploadGate::new(100).with_backlog_limit(1000, t, 0);
+        g.base_rtt(ms(100));
+        g.queued(t, 2_000_000);
+        g.settled(t + ms(100), 2_000_000);
+        let busy = g.backlog_limit().unwrap();
+        assert_eq!(busy, 4_000_000);
+        // Nothing waits for a second: nothing is sampled.
+        g.settled(t + ms(1100), 2_000_100);
+        assert_eq!(g.backlog_limit(), Some(busy));
     }
 
     #[test]

@@ -401,7 +401,7 @@ impl Daemon {
         let mut gate = UploadGate::new(cfg.raw.max_uploads);
         if cfg.raw.upload_backlog_kib > 0 {
             let limit = u64::from(cfg.raw.upload_backlog_kib) << 10;
-            gate = gate.with_backlog_limit(limit, now(), limiter.settled());
+            gate = gate.with_backlog_limit(limit, now(), limiter.settled().settled);
         }
         if let Some(sp) = &seed {
             gate.spread_anew(sp.manifest.unique_chunks().len(), DEFAULT_RESEND_AFTER);

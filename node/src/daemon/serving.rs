@@ -187,7 +187,9 @@ impl Daemon {
                 }
                 let spread_before = self.gate.spread();
                 let now = now();
-                self.gate.settled(now, self.limiter.settled());
+                let uplink = self.limiter.settled();
+                self.gate.base_rtt(uplink.base_rtt);
+                self.gate.settled(now, uplink.settled);
                 if self.gate.admit(now, &hash) == Admission::Busy {
                     let _ = self
                         .swarm

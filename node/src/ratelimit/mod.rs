@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use swarm::rate::{Adaptive, AdaptiveConfig, Rate, Sample, TokenBucket, default_burst};
@@ -126,6 +126,15 @@ struct State {
     limits: Limits,
     mode: Mode,
     adaptive: Option<Adaptive>,
+}
+
+/// What [`Limiter::settled`] reads off the uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    /// Running total of bytes that no longer wait on the uplink.
+    pub settled: u64,
+    /// Largest base (minimum) round trip of the connections with bytes in flight.
+    pub base_rtt: Duration,
 }
 
 /// One live stream, for `TCP_INFO` sampling and the settled count.
@@ -318,19 +327,30 @@ impl Limiter {
     /// `tcpi_bytes_acked`, read now from every live socket), written to a
     /// stream since closed, or delivered by a simulated NIC. Bytes written
     /// minus this is the uplink backlog that upload admission bounds
-    /// (`upload_backlog_kib`). It only grows.
-    pub fn settled(&self) -> u64 {
+    /// (`upload_backlog_kib`). It only grows. With it, the base round trip
+    /// of the connections that still have bytes in flight: the largest
+    /// `tcpi_min_rtt` among them (zero when none, or none reports one).
+    pub fn settled(&self) -> Uplink {
         let mut s = self.sockets_lock();
         let mut total = s.settled;
+        let mut base_rtt = Duration::ZERO;
         for sock in s.live.values_mut() {
             if let Some(fd) = sock.fd
                 && let Ok(info) = tcpinfo::read(fd)
             {
                 sock.acked = sock.acked.max(info.bytes_acked.min(sock.written));
+                if sock.acked < sock.written
+                    && let Some(rtt) = info.min_rtt
+                {
+                    base_rtt = base_rtt.max(rtt);
+                }
             }
             total += sock.acked;
         }
-        total
+        Uplink {
+            settled: total,
+            base_rtt,
+        }
     }
 
     /// Runs `f` with the live streams; a stream cannot close its fd meanwhile.
