@@ -26,16 +26,18 @@
 //! no progress for [`BACKLOG_STALL`] is forgotten, so a lost count cannot
 //! shut the uploader for good.
 //!
-//! A fixed byte bound would cap an uploader far from its receivers: with
-//! 2 MiB allowed and a 50 ms round trip, at most 40 MB/s could ever be in
-//! flight. So the bound is never below two bandwidth-delay products of the
-//! uplink ([`UploadGate::backlog_limit`]): the rate at which bytes settle,
-//! measured while a backlog waits, times the base round trip the caller
-//! reports ([`UploadGate::base_rtt`], the largest minimum RTT among the
-//! connections with bytes in flight). Base RTTs do not grow with queueing,
-//! so the floor follows the path, not the backlog itself; and since a
-//! doubled floor lets the rate double, it reaches the link rate in a few
-//! round trips, as TCP's slow start does.
+//! The bound must also cover the path: to keep the uplink busy across a
+//! request's round trip, an uploader needs about rate x RTT waiting, and a
+//! fixed byte bound would cap one far from its receivers (512 KiB over a
+//! 50 ms round trip: 10 MB/s at most in flight). So the bound is never
+//! below two bandwidth-delay products ([`UploadGate::backlog_limit`]): the
+//! rate at which bytes settle, measured while a backlog waits, times the
+//! round trip the caller reports ([`UploadGate::path_rtt`]; the daemon
+//! passes the largest smoothed RTT among its connections with bytes in
+//! flight, which includes the queues of the path but not the backlog
+//! itself, still in the sender's socket buffers). Since a doubled floor
+//! lets the rate double, it reaches the link rate in a few round trips, as
+//! TCP's slow start does.
 //!
 //! Like the rest of the crate it is sans-IO: time comes in as arguments.
 
@@ -85,7 +87,7 @@ struct Backlog {
     /// The current rate sample: since when, and bytes settled in it.
     span_start: Instant,
     span_bytes: u64,
-    /// Base round trip of the connections with bytes in flight.
+    /// Round trip of the connections with bytes in flight.
     rtt: Duration,
 }
 
@@ -133,9 +135,9 @@ impl<K: Hash + Eq + Clone> UploadGate<K> {
         self
     }
 
-    /// The base round trip to the receivers now (see the module docs);
+    /// The round trip to the receivers now (see the module docs);
     /// [`Duration::ZERO`] when unknown, which leaves the configured limit.
-    pub fn base_rtt(&mut self, rtt: Duration) {
+    pub fn path_rtt(&mut self, rtt: Duration) {
         if let Some(b) = &mut self.backlog {
             b.rtt = rtt;
         }
@@ -315,7 +317,7 @@ mod tests {
         let ms = Duration::from_millis;
         let mut g = UploadGate::new(100).with_backlog_limit(1000, t, 0);
         // A far receiver: 50 ms base round trip. Nothing measured yet.
-        g.base_rtt(ms(50));
+        g.path_rtt(ms(50));
         assert_eq!(g.backlog_limit(), Some(1000));
         g.queued(t, 1_000_000);
         // 100 KB settle every 10 ms while the backlog waits: 10 MB/s.
@@ -329,7 +331,7 @@ mod tests {
         assert_eq!(g.admit(t + ms(100), &1), Admission::Serve);
         g.finished();
         // A near receiver: the configured limit applies again.
-        g.base_rtt(ms(0));
+        g.path_rtt(ms(0));
         assert_eq!(g.backlog_limit(), Some(1000));
         assert_eq!(g.admit(t + ms(100), &1), Admission::Busy);
     }
@@ -339,7 +341,7 @@ mod tests {
         let t = Instant::now();
         let ms = Duration::from_millis;
         let mut g: UploadGate<u32> = UploadGate::new(100).with_backlog_limit(1000, t, 0);
-        g.base_rtt(ms(100));
+        g.path_rtt(ms(100));
         g.queued(t, 2_000_000);
         g.settled(t + ms(100), 2_000_000);
         let busy = g.backlog_limit().unwrap();

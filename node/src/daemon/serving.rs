@@ -188,7 +188,7 @@ impl Daemon {
                 let spread_before = self.gate.spread();
                 let now = now();
                 let uplink = self.limiter.settled();
-                self.gate.base_rtt(uplink.base_rtt);
+                self.gate.path_rtt(uplink.rtt);
                 self.gate.settled(now, uplink.settled);
                 if self.gate.admit(now, &hash) == Admission::Busy {
                     let _ = self

@@ -133,8 +133,8 @@ struct State {
 pub struct Uplink {
     /// Running total of bytes that no longer wait on the uplink.
     pub settled: u64,
-    /// Largest base (minimum) round trip of the connections with bytes in flight.
-    pub base_rtt: Duration,
+    /// Largest smoothed round trip of the connections with bytes in flight.
+    pub rtt: Duration,
 }
 
 /// One live stream, for `TCP_INFO` sampling and the settled count.
@@ -327,29 +327,27 @@ impl Limiter {
     /// `tcpi_bytes_acked`, read now from every live socket), written to a
     /// stream since closed, or delivered by a simulated NIC. Bytes written
     /// minus this is the uplink backlog that upload admission bounds
-    /// (`upload_backlog_kib`). It only grows. With it, the base round trip
-    /// of the connections that still have bytes in flight: the largest
-    /// `tcpi_min_rtt` among them (zero when none, or none reports one).
+    /// (`upload_backlog_kib`). It only grows. With it, the round trip of
+    /// the connections that still have bytes in flight: the largest smoothed
+    /// RTT (`tcpi_rtt`) among them, zero when none.
     pub fn settled(&self) -> Uplink {
         let mut s = self.sockets_lock();
         let mut total = s.settled;
-        let mut base_rtt = Duration::ZERO;
+        let mut rtt = Duration::ZERO;
         for sock in s.live.values_mut() {
             if let Some(fd) = sock.fd
                 && let Ok(info) = tcpinfo::read(fd)
             {
                 sock.acked = sock.acked.max(info.bytes_acked.min(sock.written));
-                if sock.acked < sock.written
-                    && let Some(rtt) = info.min_rtt
-                {
-                    base_rtt = base_rtt.max(rtt);
+                if sock.acked < sock.written {
+                    rtt = rtt.max(info.srtt);
                 }
             }
             total += sock.acked;
         }
         Uplink {
             settled: total,
-            base_rtt,
+            rtt,
         }
     }
 
