@@ -90,7 +90,10 @@ pub struct NodeConfig {
     /// Most peers kept connected; peers learned through exchange beyond this are not dialled. Default 64.
     pub max_peers: usize,
     /// Chunk uploads served at once; further requests are answered `Busy` at
-    /// once, so requesters go to another holder instead of queueing. Default 2.
+    /// once, so requesters go to another holder instead of queueing. A slot
+    /// frees once its response is written into the connection, at once with
+    /// the default `stream_window_kib`, so `upload_backlog_kib` is the bound
+    /// that usually binds. Default 2.
     pub max_uploads: usize,
     /// Chunk downloads outstanding at once (not counting endgame duplicates).
     /// Default 6. Fewer downloads at once let each chunk finish, verify and
