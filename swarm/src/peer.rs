@@ -93,8 +93,12 @@ pub(crate) struct PeerState<P> {
     pub(crate) in_flight: BTreeSet<ChunkIdx>,
     /// 0 same host, 1 same rack, 2 same zone, 3 same region, 4 elsewhere.
     pub(crate) distance: u8,
-    /// EWMA of the delivery rate (bytes/s), once measured.
+    /// Delivery rate (bytes/s), once measured: `rate_bytes / rate_secs`.
     pub(crate) rate_bps: Option<f64>,
+    /// EWMAs of the bytes of each answer and of the time it took (see
+    /// [`PeerState::record_answer`]).
+    rate_bytes: f64,
+    rate_secs: f64,
     /// EWMA of request -> answer time, once measured.
     pub(crate) rtt: Option<Duration>,
     /// When the last answer arrived (start of the next delivery interval).
@@ -123,6 +127,8 @@ impl<P> PeerState<P> {
             in_flight: BTreeSet::new(),
             distance: FAR,
             rate_bps: None,
+            rate_bytes: 0.0,
+            rate_secs: 0.0,
             rtt: None,
             last_answer: None,
             busy_until: None,
@@ -200,9 +206,18 @@ impl<P> PeerState<P> {
     }
 
     /// Records an answer to a request sent at `sent`, carrying `bytes` of
-    /// payload (0 for `NotFound`). The delivery-rate sample is
-    /// `bytes / (now - max(sent, last answer))`: with a full pipeline that is
-    /// the interval between two deliveries, i.e. the peer's aggregate rate.
+    /// payload (0 for `NotFound`). Each answer's delivery interval is
+    /// `now - max(sent, last answer)`: with a full pipeline that is the
+    /// interval between two deliveries, and time in which nothing was asked
+    /// of the peer does not count. The rate is the ratio of the EWMAs of the
+    /// bytes and of the intervals, i.e. bytes over time across the last few
+    /// answers, not an average of per-answer rates: answers that arrive in a
+    /// burst (a pipeline of responses queued behind each other at the
+    /// uploader, then released together) have intervals near zero, and
+    /// averaging their rates would credit the peer with many times what it
+    /// sustains, and so grant it a pipeline deep enough to hold every
+    /// request this node has (see `docs/performance.md`, "Session of
+    /// 2026-12-04").
     pub(crate) fn record_answer(&mut self, now: Instant, sent: Instant, bytes: u64) {
         let rtt = now.saturating_duration_since(sent);
         self.rtt = Some(match self.rtt {
@@ -211,15 +226,19 @@ impl<P> PeerState<P> {
         });
         let from = self.last_answer.map_or(sent, |l| l.max(sent));
         self.last_answer = Some(now);
-        let secs = now.saturating_duration_since(from).as_secs_f64();
-        if bytes == 0 || secs <= 0.0 {
+        if bytes == 0 {
             return;
         }
-        let sample = bytes as f64 / secs;
-        self.rate_bps = Some(match self.rate_bps {
-            None => sample,
-            Some(old) => old * (1.0 - EWMA_ALPHA) + sample * EWMA_ALPHA,
-        });
+        let secs = now.saturating_duration_since(from).as_secs_f64();
+        if self.rate_bytes == 0.0 && self.rate_secs == 0.0 {
+            (self.rate_bytes, self.rate_secs) = (bytes as f64, secs);
+        } else {
+            self.rate_bytes = self.rate_bytes * (1.0 - EWMA_ALPHA) + bytes as f64 * EWMA_ALPHA;
+            self.rate_secs = self.rate_secs * (1.0 - EWMA_ALPHA) + secs * EWMA_ALPHA;
+        }
+        if self.rate_secs > 0.0 {
+            self.rate_bps = Some(self.rate_bytes / self.rate_secs);
+        }
     }
 
     /// The request timeout for a chunk of `len` bytes:
@@ -264,6 +283,31 @@ mod tests {
         p.origin = true;
         assert_eq!(p.tier(ChunkIdx(2), true), Tier::Origin);
         assert_eq!(p.tier(ChunkIdx(2), false), Tier::KnownHolder);
+    }
+
+    #[test]
+    fn answers_released_in_a_burst_measure_the_sustained_rate() {
+        // Four 100 kB answers to requests sent at t0: the first after 100 ms,
+        // the other three 1 ms apart (queued at the uploader, released
+        // together). 400 kB in 103 ms is about 3.9 MB/s; the average of the
+        // per-answer rates (1 MB/s, then 100 MB/s three times) is ~50 MB/s.
+        let t0 = Instant::now();
+        let mut p = PeerState::new(());
+        for (i, ms) in [100u64, 101, 102, 103].into_iter().enumerate() {
+            p.record_answer(t0 + Duration::from_millis(ms), t0, 100_000);
+            if i == 0 {
+                assert_eq!(p.rate_bps, Some(1_000_000.0));
+            }
+        }
+        let r = p.rate_bps.expect("measured");
+        assert!((1e6..=4e6).contains(&r), "sustained rate, not burst: {r}");
+        // A steady pipeline (one 100 kB answer every 10 ms) converges to 10 MB/s.
+        for k in 1..=40u64 {
+            let t = t0 + Duration::from_millis(103 + 10 * k);
+            p.record_answer(t, t0, 100_000);
+        }
+        let r = p.rate_bps.expect("measured");
+        assert!((9.5e6..=10.5e6).contains(&r), "steady rate: {r}");
     }
 
     #[test]
