@@ -40,6 +40,10 @@ HTTP_PORT = 8000
 TRACKER_PORT = 6969
 BT_PORT = 6881
 RQBIT_API_PORT = 3030
+# Every tool's completion is polled at this interval (wall time is when the poll
+# first sees a node complete), so each tool's figure carries the same <= 50 ms
+# of polling error.
+POLL_S = 0.05
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -761,7 +765,7 @@ class Bench:
                     f"{(last.get(i) or {}).get('bytes_total', 0) >> 20}MiB"
                     for i in range(len(nodes)))
                 return None, done, prog
-            time.sleep(0.2)
+            time.sleep(POLL_S)
         return max(t for t, _ in done.values()), done, ""
 
     def run_syncnode(self, case, size, v1_dir, v1_sha, v2_dir=None, changed=None):
@@ -901,7 +905,7 @@ class Bench:
                                     logfile=os.path.join(base, f"h{i}.log")))
             deadline = t0 + limit
             while any(c.poll() is None for c in clients) and time.monotonic() < deadline:
-                time.sleep(0.05)
+                time.sleep(POLL_S)
             ends = [c.t_end for c in clients if c.t_end is not None]
             wall = (max(ends) - t0) if len(ends) == len(clients) else None
             tx = net.origin_tx() - tx0
@@ -943,7 +947,7 @@ class Bench:
                                   logfile=os.path.join(base, f"h{i}.log")))
             deadline = time.monotonic() + self.limit(size)
             while any(p.poll() is None for p in peers) and time.monotonic() < deadline:
-                time.sleep(0.05)
+                time.sleep(POLL_S)
             ends = []
             for p in peers[1:]:
                 for line in open(p.logfile).read().splitlines():
@@ -1081,7 +1085,7 @@ class Bench:
                         done[i] = time.monotonic() - t0
                     elif p.poll() is not None:
                         raise RuntimeError(f"{client} on host {i} exited ({p.rc}): {p.log_tail()}")
-                time.sleep(0.1)
+                time.sleep(POLL_S)
             cpu = self.cpu_total([seeder] + leechers) - cpu0
             tx = net.origin_tx() - tx0
             if len(done) < len(leechers):
